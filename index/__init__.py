@@ -1,0 +1,31 @@
+"""Storage for collections: FAISS vectors, the SQLite catalog and the manifest.
+
+Knows nothing of torch, PIL or models: numpy, faiss and sqlite3 only.
+"""
+
+from .catalog import Catalog, Item
+from .collection import Collection, CollectionStats, default_dir, find_collection
+from .errors import (
+    CollectionError,
+    CollectionLocked,
+    CollectionNotFound,
+    CorruptCollection,
+    ModelMismatch,
+)
+from .manifest import Manifest, ModelIdentity
+
+__all__ = [
+    "Catalog",
+    "Collection",
+    "CollectionError",
+    "CollectionLocked",
+    "CollectionNotFound",
+    "CollectionStats",
+    "CorruptCollection",
+    "Item",
+    "Manifest",
+    "ModelIdentity",
+    "ModelMismatch",
+    "default_dir",
+    "find_collection",
+]

@@ -1,0 +1,265 @@
+"""The SQLite catalog: one row per file, keyed by a stable int64 id that FAISS also uses."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CorruptCollection
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+# Each entry migrates the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE items (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        path     TEXT    NOT NULL UNIQUE,
+        size     INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash     TEXT,
+        width    INTEGER,
+        height   INTEGER,
+        status   TEXT    NOT NULL,
+        error    TEXT,
+        row      INTEGER
+    );
+    CREATE INDEX items_hash ON items(hash);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta VALUES ('version', '0'), ('next_row', '0');
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog row. `row` is the item's slot in the embedding store (None for errors)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str | None
+    width: int | None
+    height: int | None
+    status: str
+    error: str | None
+    row: int | None
+
+
+_COLUMNS = "id, path, size, mtime_ns, hash, width, height, status, error, row"
+
+
+class Catalog:
+    """The catalog of one collection.
+
+    Writes happen inside `transaction()`, each of which bumps `version` when it changes
+    vectors, so a FAISS index saved at one version is known to be stale at another.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._in_transaction = False
+        try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+                schema = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if schema != len(MIGRATIONS):
+                    raise CorruptCollection(
+                        f"{self.path} has catalog schema {schema}, this retrieval reads "
+                        f"{len(MIGRATIONS)}; run `retrieval index` with this version to upgrade it"
+                    )
+            else:
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise CorruptCollection(f"{self.path} is not a readable catalog ({e})") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        current = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if current > len(MIGRATIONS):
+            raise CorruptCollection(
+                f"{self.path} was written by a newer version of retrieval (schema {current}); "
+                "upgrade retrieval to use it"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            with self.transaction():
+                for statement in _split_sql(MIGRATIONS[version]):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {version + 1}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write: everything inside commits together or not at all."""
+        if self._in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one committed state, whatever a writer commits meanwhile."""
+        if self._in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN")
+        self._in_transaction = True
+        try:
+            yield
+        finally:
+            self._in_transaction = False
+            self._db.execute("COMMIT")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return int(self._meta("version"))
+
+    def _meta(self, key: str) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def items(self) -> list[Item]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY id").fetchall()
+        return [Item(*r) for r in rows]
+
+    def get(self, item_id: int) -> Item | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
+        return Item(*row) if row else None
+
+    def by_ids(self, ids: Iterable[int]) -> dict[int, Item]:
+        ids = [int(i) for i in ids]
+        found: dict[int, Item] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})"
+            for row in self._db.execute(query, chunk):
+                found[row[0]] = Item(*row)
+        return found
+
+    def vector_rows(self) -> tuple[list[int], list[int]]:
+        """(ids, rows) of every item that has an embedding, ordered by id."""
+        pairs = self._db.execute(
+            "SELECT id, row FROM items WHERE status = ? ORDER BY id", (STATUS_OK,)
+        ).fetchall()
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def ids_under(self, prefix: str) -> list[int]:
+        """Ids of the items at `prefix` or below it (a relative POSIX path, '' for all)."""
+        prefix = prefix.strip("/")
+        if not prefix:
+            return [r[0] for r in self._db.execute("SELECT id FROM items WHERE status = 'ok'")]
+        # '0' sorts right after '/', so this range is exactly the paths that start with prefix/.
+        rows = self._db.execute(
+            "SELECT id FROM items WHERE status = 'ok' AND (path = ? OR (path >= ? AND path < ?))",
+            (prefix, prefix + "/", prefix + "0"),
+        )
+        return [r[0] for r in rows]
+
+    def errors(self) -> list[Item]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM items WHERE status = ? ORDER BY path", (STATUS_ERROR,)
+        )
+        return [Item(*r) for r in rows]
+
+    def count(self, status: str = STATUS_OK) -> int:
+        return self._db.execute(
+            "SELECT COUNT(*) FROM items WHERE status = ?", (status,)
+        ).fetchone()[0]
+
+    def next_row(self) -> int:
+        return int(self._meta("next_row"))
+
+    # -- writing (call inside transaction()) -------------------------------------------------
+
+    def _bump(self) -> None:
+        self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+
+    def reserve_rows(self, n: int) -> int:
+        """Claim n consecutive embedding slots; returns the first."""
+        first = self.next_row()
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_row'", (str(first + n),))
+        return first
+
+    def put_ok(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        content_hash: str,
+        width: int,
+        height: int,
+        row: int,
+    ) -> int:
+        """Insert or replace the item at path with an embedded file; returns its id.
+
+        A replaced path gets a new id, so a stale FAISS index can never return it by mistake.
+        """
+        self._db.execute("DELETE FROM items WHERE path = ?", (path,))
+        cursor = self._db.execute(
+            "INSERT INTO items (path, size, mtime_ns, hash, width, height, status, error, row) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            (path, size, mtime_ns, content_hash, width, height, STATUS_OK, row),
+        )
+        self._bump()
+        return int(cursor.lastrowid)
+
+    def put_error(
+        self, path: str, size: int, mtime_ns: int, content_hash: str | None, error: str
+    ) -> None:
+        changed = self._db.execute(
+            "SELECT status FROM items WHERE path = ?", (path,)
+        ).fetchone() == (STATUS_OK,)
+        self._db.execute("DELETE FROM items WHERE path = ?", (path,))
+        self._db.execute(
+            "INSERT INTO items (path, size, mtime_ns, hash, status, error) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (path, size, mtime_ns, content_hash, STATUS_ERROR, error),
+        )
+        if changed:
+            self._bump()
+
+    def touch(self, item_id: int, size: int, mtime_ns: int) -> None:
+        """Record new stat figures for an item whose content did not change."""
+        self._db.execute(
+            "UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id)
+        )
+
+    def move(self, item_id: int, path: str, size: int, mtime_ns: int) -> None:
+        """Give an item a new path (a rename); its id and embedding stay."""
+        self._db.execute(
+            "UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+            (path, size, mtime_ns, item_id),
+        )
+
+    def delete(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        self._db.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in ids])
+        self._bump()
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

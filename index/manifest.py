@@ -1,0 +1,65 @@
+"""The collection's manifest: what built it and how its vectors are indexed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_bytes_atomic
+from .errors import CorruptCollection
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """An open_clip model as the collection remembers it.
+
+    name: open_clip architecture name, or an `hf-hub:` / `local-dir:` identifier.
+    pretrained: the pretrained tag (None for hub and local models, whose weights come with them).
+    """
+
+    name: str
+    pretrained: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.pretrained})" if self.pretrained else self.name
+
+
+@dataclass
+class Manifest:
+    model: ModelIdentity
+    dim: int
+    root: str
+    """The indexed root: relative to the collection directory when inside it, else absolute."""
+    factory: str = "Flat"
+    embedding_dtype: str = "float16"
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    index_version: int = -1
+    """The catalog version the saved FAISS index reflects; -1 when there is none."""
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        data["model"] = ModelIdentity(**data["model"])
+        return cls(**data)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise CorruptCollection(
+                f"{path} is not a readable manifest ({e}); re-create the collection"
+            ) from e
+
+    def write(self, path: Path) -> None:
+        write_bytes_atomic(path, self.to_json().encode("utf-8"))

@@ -1,0 +1,65 @@
+"""The stored embeddings: one flat binary file of rows, memory-mapped for reading.
+
+A row is written (and fsynced) before the catalog commits the item that points at it, so a
+crash leaves at most unreferenced rows past the catalog's `next_row`, which later writes reuse.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptCollection
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class EmbeddingStore:
+    """Rows of `dim` values of `dtype` ('float16' or 'float32') in one file."""
+
+    def __init__(self, path: Path, dim: int, dtype: str = "float16") -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"embedding dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+        self.path = Path(path)
+        self.dim = dim
+        self.dtype = np.dtype(DTYPES[dtype])
+        self.row_bytes = dim * self.dtype.itemsize
+
+    def write(self, first_row: int, vectors: np.ndarray) -> None:
+        """Store vectors (n, dim) at rows first_row .. first_row + n - 1, durably."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
+        data = np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, first_row * self.row_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rows(self) -> int:
+        """How many whole rows the file holds (some may be unreferenced)."""
+        try:
+            return self.path.stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            return 0
+
+    def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Rows as float32 (n, dim), L2-normalised again after float16 rounding, in the order
+        asked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        available = self.rows()
+        if rows.max() >= available or rows.min() < 0:
+            raise CorruptCollection(
+                f"{self.path} holds {available} embeddings but row {int(rows.max())} was asked "
+                "for; rebuild the collection with `retrieval index`"
+            )
+        mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(available, self.dim))
+        vectors = np.asarray(mapped[rows], dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)

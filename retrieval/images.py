@@ -1,0 +1,133 @@
+"""Reading image files: EXIF orientation, draft-mode JPEG decoding, every mode to RGB.
+
+Decoding never raises anything but ImageReadError for a bad file, so one unreadable photo
+costs one line in a report and nothing more.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageReadError
+
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
+        ".tif", ".tiff", ".heic", ".heif", ".avif",
+    }
+)  # fmt: skip
+
+ORIENTATION_TAG = 0x0112
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Decompression-bomb cap: larger images are refused before any pixel is decoded."""
+
+_heif_registered = False
+
+
+def register_heif() -> None:
+    """Teach Pillow to open HEIC/HEIF; done on first use rather than at import."""
+    global _heif_registered
+    if not _heif_registered:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        # Pillow enforces its own bomb check at open(); ours is explicit and comes with a message.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _heif_registered = True
+
+
+def load_image(
+    source: Path | bytes,
+    *,
+    min_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode an image file to an upright RGB image.
+
+    min_size: the smallest side the caller needs; JPEGs are then decoded at the smallest DCT
+    scale (1/2, 1/4, 1/8) whose result still has both sides at least that large.
+    Raises ImageReadError naming the file and the reason.
+    """
+    return decode_image(source, min_size=min_size, max_pixels=max_pixels, name=name)[0]
+
+
+def decode_image(
+    source: Path | bytes,
+    *,
+    min_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """As load_image, also returning the file's full upright (width, height)."""
+    register_heif()
+    label = name or (str(source) if isinstance(source, Path) else "image")
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with Image.open(fp) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    label,
+                    f"{width}x{height} pixels is over the decompression-bomb cap of "
+                    f"{max_pixels:,} pixels",
+                )
+            if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            if min_size and img.format == "JPEG":
+                # draft() picks the largest DCT scale that keeps both sides >= the request.
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return to_rgb(upright), (width, height)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(label, f"over the decompression-bomb cap ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(label, "not an image (or a format Pillow cannot read)") from e
+    except PermissionError as e:
+        raise ImageReadError(label, "permission denied") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated and corrupt data as OSError / SyntaxError / ValueError.
+        raise ImageReadError(label, f"cannot decode ({e})") from e
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, compositing transparency onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(img)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "L" and "transparency" in img.info:
+        return to_rgb(img.convert("LA"))
+    if mode == "RGB" and "transparency" in img.info:
+        return to_rgb(img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Grey images of 16 or 32 bits: scale to 8 bits instead of clipping at 255."""
+    values = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else 65535.0
+    elif img.mode == "I" and values.max(initial=0) > 65535:
+        top = float(values.max())
+    else:
+        top = 65535.0
+    grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")

@@ -1,0 +1,313 @@
+"""Indexing a folder into a collection, incrementally and safely interruptible.
+
+Each batch commits its vectors and catalog rows together, so an interrupted run loses at most
+the batch in flight, and the next run goes on from there. Files are recognised by content hash:
+a renamed, moved or copied photo is never encoded again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from index.catalog import STATUS_OK, Item
+from index.collection import Collection, default_dir
+from index.errors import CollectionError
+from index.manifest import ModelIdentity
+
+from .errors import RetrievalError
+from .models import DEFAULT_MODEL, Encoder, load_encoder
+from .pipeline import Decoded, decode_files
+from .scan import FileInfo, ScanProblem, scan
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that is not searchable, and why. new: it failed in this run for the first time."""
+
+    path: str
+    error: str
+    new: bool = True
+
+
+@dataclass(frozen=True)
+class IndexProgress:
+    """Reported while indexing. phase: 'scan' (done files found), 'encode' (done of total
+    files read), or 'skip' (one more skipped file, in `skipped`)."""
+
+    phase: str
+    done: int
+    total: int
+    skipped: SkippedFile | None = None
+
+
+ProgressCallback = Callable[[IndexProgress], None]
+
+
+@dataclass
+class IndexReport:
+    """What an index run did. Counts are of files; `encoded` counts model forward passes."""
+
+    root: Path
+    collection: Path
+    added: int = 0
+    updated: int = 0
+    renamed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    encoded: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+
+def index_folder(
+    root: Path,
+    *,
+    collection_dir: Path | None = None,
+    model: ModelIdentity | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    exclude: Sequence[str] = (),
+    embedding_dtype: str = "float16",
+    progress: ProgressCallback | None = None,
+    encoder: Encoder | None = None,
+) -> IndexReport:
+    """Index the images under `root` into its collection (default: ROOT/.retrieval).
+
+    A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
+    one keeps its own model and refuses another. The model is loaded only if some file needs
+    encoding, so re-indexing an unchanged folder costs one stat per file.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
+    if batch_size < 1:
+        raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
+    directory = Path(collection_dir).resolve() if collection_dir else default_dir(root)
+    if (directory / "manifest.json").is_file():
+        collection = Collection.open(directory)
+        if model is not None:
+            collection.check_model(model)
+        if collection.root != root:
+            collection.close()
+            raise RetrievalError(
+                f"the collection in {directory} indexes {collection.root}, not {root}; "
+                "name another --index for this folder"
+            )
+    else:
+        identity = model or DEFAULT_MODEL
+        if encoder is None:
+            encoder = load_encoder(identity, device=device, precision=precision)
+        collection = Collection.create(
+            directory,
+            root=root,
+            model=identity,
+            dim=encoder.dim,
+            preprocess=encoder.preprocess_cfg,
+            embedding_dtype=embedding_dtype,
+        )
+
+    def get_encoder() -> Encoder:
+        nonlocal encoder
+        if encoder is None:
+            encoder = load_encoder(collection.manifest.model, device=device, precision=precision)
+        if encoder.dim != collection.manifest.dim:
+            raise CollectionError(
+                f"model {encoder.identity} gives {encoder.dim}-d embeddings but the collection in "
+                f"{directory} holds {collection.manifest.dim}-d ones"
+            )
+        return encoder
+
+    with collection, collection.locked():
+        run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress)
+        try:
+            return run.execute(exclude)
+        except KeyboardInterrupt:
+            # Whatever was committed stays; make the saved index match it before leaving.
+            collection.sync_index()
+            raise
+
+
+class _IndexRun:
+    def __init__(
+        self,
+        collection: Collection,
+        root: Path,
+        get_encoder: Callable[[], Encoder],
+        batch_size: int,
+        workers: int | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.collection = collection
+        self.catalog = collection.catalog
+        self.root = root
+        self.get_encoder = get_encoder
+        self.batch_size = batch_size
+        self.workers = workers
+        self.progress = progress or (lambda _event: None)
+        self.report = IndexReport(root=root, collection=collection.dir)
+        self.by_path: dict[str, Item] = {}
+        self.by_hash: dict[str, list[Item]] = {}
+        self.missing: dict[int, Item] = {}
+        self.batch: list[Decoded] = []
+
+    def execute(self, exclude: Sequence[str]) -> IndexReport:
+        started = time.perf_counter()
+        problems: list[ScanProblem] = []
+        files = list(scan(self.root, exclude=exclude, problems=problems))
+        self.progress(IndexProgress("scan", len(files), len(files)))
+        todo = self._plan(files)
+        for problem in problems:
+            self._skip(SkippedFile(problem.path, problem.error))
+        if todo:
+            self._process(todo)
+        self._remove_missing()
+        self.collection.sync_index()
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def _plan(self, files: list[FileInfo]) -> list[FileInfo]:
+        """Split the scan into unchanged files and files to read; note the missing ones."""
+        items = self.catalog.items()
+        self.by_path = {item.path: item for item in items}
+        for item in items:
+            if item.status == STATUS_OK and item.hash:
+                self.by_hash.setdefault(item.hash, []).append(item)
+        present = set()
+        todo = []
+        for file in files:
+            present.add(file.path)
+            item = self.by_path.get(file.path)
+            if item and item.size == file.size and item.mtime_ns == file.mtime_ns:
+                self.report.unchanged += item.status == STATUS_OK
+                if item.status != STATUS_OK:
+                    self.report.skipped.append(SkippedFile(item.path, item.error or "", new=False))
+            else:
+                todo.append(file)
+        self.missing = {i.id: i for i in items if i.path not in present}
+        return todo
+
+    def _process(self, todo: list[FileInfo]) -> None:
+        encoder = self.get_encoder()
+        decoded = decode_files(
+            self.root,
+            todo,
+            prepare=encoder.prepare,
+            min_side=encoder.min_side,
+            known_hashes=frozenset(self.by_hash),
+            workers=self.workers,
+        )
+        done = 0
+        pending: list[Decoded] = []
+        for result in decoded:
+            done += 1
+            if result.pixels is not None:
+                self.batch.append(result)
+            else:
+                pending.append(result)
+            if len(self.batch) >= self.batch_size or len(pending) >= 256:
+                self._commit(encoder, pending)
+                pending = []
+                self.progress(IndexProgress("encode", done, len(todo)))
+        self._commit(encoder, pending)
+        self.progress(IndexProgress("encode", done, len(todo)))
+
+    def _commit(self, encoder: Encoder, others: list[Decoded]) -> None:
+        """Encode the batch and commit it with the non-encoded results, in one transaction."""
+        batch, self.batch = self.batch, []
+        vectors = None
+        if batch:
+            started = time.perf_counter()
+            vectors = encoder.encode_images(np.stack([d.pixels for d in batch]))
+            self.report.encode_seconds += time.perf_counter() - started
+            self.report.encoded += len(batch)
+        with self.catalog.transaction():
+            if vectors is not None:
+                first = self.catalog.reserve_rows(len(batch))
+                self.collection.store.write(first, vectors)
+                for offset, result in enumerate(batch):
+                    self._put(result, first + offset)
+            for result in others:
+                if result.error is not None:
+                    self._record_error(result)
+                else:
+                    self._reuse(result)
+
+    def _put(self, result: Decoded, row: int) -> None:
+        file = result.file
+        old = self.by_path.get(file.path)
+        item_id = self.catalog.put_ok(
+            file.path, file.size, file.mtime_ns, result.hash, result.width, result.height, row
+        )
+        if old is not None and old.status == STATUS_OK:
+            self.report.updated += 1
+        else:
+            self.report.added += 1
+        self._remember(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
+                            result.width, result.height, STATUS_OK, None, row))  # fmt: skip
+
+    def _reuse(self, result: Decoded) -> None:
+        """A file whose content is already embedded: touched, renamed, or a copy."""
+        file = result.file
+        old = self.by_path.get(file.path)
+        if old is not None and old.hash == result.hash and old.status == STATUS_OK:
+            self.catalog.touch(old.id, file.size, file.mtime_ns)
+            self.report.unchanged += 1
+            return
+        candidates = self.by_hash[result.hash]
+        moved = next((c for c in candidates if c.id in self.missing), None)
+        if moved is not None:
+            if old is not None:
+                self.catalog.delete([old.id])
+            self.catalog.move(moved.id, file.path, file.size, file.mtime_ns)
+            del self.missing[moved.id]
+            self.report.renamed += 1
+            if old is not None and old.status == STATUS_OK:
+                self.report.removed += 1
+            return
+        source = candidates[0]
+        item_id = self.catalog.put_ok(
+            file.path, file.size, file.mtime_ns, result.hash, source.width, source.height,
+            source.row,
+        )  # fmt: skip
+        if old is not None and old.status == STATUS_OK:
+            self.report.updated += 1
+        else:
+            self.report.added += 1
+        self._remember(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
+                            source.width, source.height, STATUS_OK, None, source.row))  # fmt: skip
+
+    def _remember(self, item: Item) -> None:
+        self.by_path[item.path] = item
+        self.by_hash.setdefault(item.hash or "", []).append(item)
+
+    def _record_error(self, result: Decoded) -> None:
+        file = result.file
+        old = self.by_path.get(file.path)
+        self.catalog.put_error(file.path, file.size, file.mtime_ns, result.hash, result.error)
+        if old is not None and old.status == STATUS_OK:
+            self.report.removed += 1
+        self._skip(SkippedFile(file.path, result.error or ""))
+
+    def _skip(self, skipped: SkippedFile) -> None:
+        self.report.skipped.append(skipped)
+        self.progress(IndexProgress("skip", 0, 0, skipped))
+
+    def _remove_missing(self) -> None:
+        if not self.missing:
+            return
+        with self.catalog.transaction():
+            self.catalog.delete(self.missing)
+        self.report.removed += sum(i.status == STATUS_OK for i in self.missing.values())
+        self.missing = {}

@@ -1,0 +1,281 @@
+"""Loading open_clip models and encoding images and texts into the shared embedding space.
+
+torch and open_clip are imported inside functions: commands that need no model (an unchanged
+re-index, `info`) never pay for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from index.manifest import ModelIdentity
+
+from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+DEFAULT_MODEL = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k")
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+
+RANDOM_WEIGHTS = "none"
+"""The --pretrained value that asks for randomly initialised weights (speed tests)."""
+
+
+def model_identity(name: str, pretrained: str | None = None) -> ModelIdentity:
+    """Normalise a user's model choice.
+
+    local-dir: folders become absolute; hf-hub: and local-dir: models carry their own weights, so
+    they take no tag. A built-in architecture needs a pretrained tag (the default model's is
+    implied); `none` asks for random weights.
+    """
+    if name.startswith(LOCAL_DIR):
+        path = Path(name[len(LOCAL_DIR) :]).expanduser()
+        return ModelIdentity(LOCAL_DIR + str(path.resolve()), None)
+    if name.startswith(HF_HUB):
+        return ModelIdentity(name, None)
+    if pretrained is None:
+        if name == DEFAULT_MODEL.name:
+            return DEFAULT_MODEL
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ModelLoadError(
+            f"model {name} needs --pretrained TAG"
+            + (f" (one of: {', '.join(tags)})" if tags else "")
+            + "; or use --model local-dir:/path/to/folder"
+        )
+    return ModelIdentity(name, None if pretrained == RANDOM_WEIGHTS else pretrained)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks CUDA when torch sees a GPU, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} was asked for, but torch sees no CUDA GPU")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+@dataclass
+class Encoder:
+    """An open_clip model ready to embed images and texts.
+
+    Images travel as uint8 (n, H, W, 3) arrays made by `prepare`, the model's own resize and
+    crop; normalisation happens on the model's device, batched.
+    """
+
+    identity: ModelIdentity
+    model: Any
+    tokenizer: Callable[[Sequence[str]], Any]
+    geometry: Callable[[Image.Image], Image.Image]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: tuple[int, int]
+    device: str
+    precision: str
+    dim: int
+    preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the preprocessing needs before it resizes."""
+        return max(self.image_size)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Resize and crop an RGB image as the model expects: uint8 (H, W, 3)."""
+        return np.asarray(self.geometry(image), dtype=np.uint8)
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed prepared images.
+
+        pixels: uint8 (n, H, W, 3). Returns float32 (n, dim), L2-normalised.
+        """
+        import torch
+
+        batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(
+            self.device, non_blocking=True
+        )
+        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        batch = (batch - mean) / std
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(batch)
+        return _normalised(features)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts. Returns float32 (n, dim), L2-normalised."""
+        import torch
+
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_text(tokens)
+        return _normalised(features)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _normalised(features: torch.Tensor) -> np.ndarray:
+    array = features.float().cpu().numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def load_encoder(
+    identity: ModelIdentity, *, device: str = "auto", precision: str = "auto"
+) -> Encoder:
+    """Load an open_clip model for inference.
+
+    precision: 'auto' is bf16 autocast on CUDA and fp32 on the CPU; 'fp32' or 'bf16' force one.
+    Raises ModelLoadError, naming the model and the local-dir: way out, when weights cannot be had.
+    """
+    device = resolve_device(device)
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    model, preprocess = _create(identity)
+    model = model.to(device).eval()
+    if device.startswith("cuda"):
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(identity.name)
+    geometry, mean, std = _split_preprocess(preprocess)
+    image_size = model.visual.image_size
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    return Encoder(
+        identity=identity,
+        model=model,
+        tokenizer=tokenizer,
+        geometry=geometry,
+        mean=mean,
+        std=std,
+        image_size=tuple(image_size),
+        device=device,
+        precision=precision,
+        dim=_probe_dim(model, device),
+        preprocess_cfg={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+    )
+
+
+def _probe_dim(model: Any, device: str) -> int:
+    import torch
+
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else size
+    with torch.inference_mode():
+        return int(model.encode_image(torch.zeros(1, 3, *size, device=device)).shape[-1])
+
+
+def _create(identity: ModelIdentity) -> tuple[Any, Any]:
+    import open_clip
+
+    name = identity.name
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name[len(LOCAL_DIR) :])
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelLoadError(
+                f"model {identity}: no open_clip_config.json in {folder}; a local-dir: model is a "
+                "folder holding open_clip_config.json and open_clip_model.safetensors"
+            )
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise ModelLoadError(
+                f"model {identity}: no weights (open_clip_model.safetensors) in {folder}"
+            )
+    # open_clip and huggingface_hub log every retry and failure; the error below says it once.
+    logging.disable(logging.ERROR)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=identity.pretrained
+        )
+    except Exception as e:
+        # open_clip and huggingface_hub raise a zoo of types for "cannot have these weights".
+        raise ModelLoadError(_load_failure_message(identity, e)) from e
+    finally:
+        logging.disable(logging.NOTSET)
+    return model, preprocess
+
+
+def _load_failure_message(identity: ModelIdentity, error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    # The first sentence says what failed; the rest is usually a long URL or a list of tags.
+    reason = text.split(". ")[0].rstrip(".")
+    if len(reason) > 240:
+        reason = reason[:240] + "..."
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    hint = " (HF_HUB_OFFLINE is set, so nothing can be downloaded)" if offline else ""
+    return (
+        f"cannot load model {identity}{hint}: {reason}. To use weights without the network, "
+        "put them in a folder with open_clip_config.json and open_clip_model.safetensors and "
+        "pass --model local-dir:/path/to/folder"
+    )
+
+
+def _split_preprocess(preprocess: Any) -> tuple[Callable[[Any], Any], tuple, tuple]:
+    """Split open_clip's eval transform into its PIL geometry and its normalisation."""
+    from torchvision.transforms import Compose, Normalize
+
+    steps = list(preprocess.transforms)
+    geometric = []
+    for step in steps:
+        if type(step).__name__ in ("MaybeConvertMode", "MaybeToTensor", "ToTensor"):
+            break
+        if callable(step) and getattr(step, "__name__", "") == "_convert_to_rgb":
+            break
+        geometric.append(step)
+    normalize = next(s for s in steps if isinstance(s, Normalize))
+    return Compose(geometric), tuple(normalize.mean), tuple(normalize.std)
+
+
+def save_local_dir(
+    model: Any,
+    model_cfg: dict[str, Any],
+    folder: Path,
+    preprocess_cfg: dict[str, Any] | None = None,
+) -> ModelIdentity:
+    """Save a model in open_clip's local-dir format, loadable as `local-dir:FOLDER`.
+
+    Writes open_clip_config.json and open_clip_model.safetensors, each atomically.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from index.atomic import atomic_path, write_bytes_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "open_clip_model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_bytes_atomic(
+        folder / "open_clip_config.json", (json.dumps(config, indent=2) + "\n").encode()
+    )
+    return model_identity(LOCAL_DIR + str(folder))

@@ -1,0 +1,110 @@
+"""Parallel decoding of image files, overlapped with the model through a bounded window.
+
+Worker threads read, hash and decode files while the caller encodes the previous batch;
+Pillow and hashlib release the GIL for the heavy parts. At most `window` results are in
+flight, so memory stays flat however large the collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Container, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageReadError
+from .images import DEFAULT_MAX_PIXELS, decode_image
+from .scan import FileInfo
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One file after reading.
+
+    Exactly one of: `pixels` (uint8 (H, W, 3), ready for the model), `known` (its content hash
+    is already embedded, so it was not decoded), or `error` (why it cannot be read).
+    """
+
+    file: FileInfo
+    hash: str | None = None
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    known: bool = False
+    error: str | None = None
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_files(
+    root: Path,
+    files: Iterable[FileInfo],
+    *,
+    prepare: Callable[[Image.Image], np.ndarray],
+    min_side: int | None,
+    known_hashes: Container[str] = frozenset(),
+    workers: int | None = None,
+    window: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Decoded]:
+    """Decode files in parallel, yielding results in the order of `files`."""
+    workers = workers or default_workers()
+    window = window or workers * 8
+
+    def work(file: FileInfo) -> Decoded:
+        return _decode_one(root, file, prepare, min_side, known_hashes, max_pixels)
+
+    pending: deque[Future[Decoded]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    try:
+        for file in files:
+            pending.append(pool.submit(work, file))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_one(
+    root: Path,
+    file: FileInfo,
+    prepare: Callable[[Image.Image], np.ndarray],
+    min_side: int | None,
+    known_hashes: Container[str],
+    max_pixels: int,
+) -> Decoded:
+    try:
+        data = (root / file.path).read_bytes()
+    except PermissionError:
+        return Decoded(file, error="permission denied; make the file readable and index again")
+    except OSError as e:
+        return Decoded(file, error=f"cannot read ({e.strerror or e})")
+    if not data:
+        return Decoded(file, error="empty file (0 bytes)")
+    digest = content_hash(data)
+    if digest in known_hashes:
+        return Decoded(file, hash=digest, known=True)
+    try:
+        image, (width, height) = decode_image(
+            data, min_size=min_side, max_pixels=max_pixels, name=file.path
+        )
+        pixels = prepare(image)
+    except ImageReadError as e:
+        return Decoded(file, hash=digest, error=e.reason)
+    return Decoded(file, hash=digest, pixels=pixels, width=width, height=height)

@@ -1,0 +1,204 @@
+"""The query layer: text-to-image and image-to-image search over a collection.
+
+A query is a weighted sum of text and image embeddings (negative terms subtract), normalised
+and searched through the collection's FAISS index with per-call filters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from index import vector_index
+from index.collection import Collection, find_collection
+from index.manifest import ModelIdentity
+
+from .errors import ImageReadError, QueryError
+from .images import IMAGE_EXTENSIONS, load_image
+from .models import Encoder, load_encoder
+
+TermKind = Literal["text", "image"]
+_WEIGHT = re.compile(r"^(-?\d+(?:\.\d*)?|-?\.\d+):(.+)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """One part of a query: a text or an image file, with a weight (negative subtracts)."""
+
+    value: str
+    kind: TermKind
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. score is the inner product of unit vectors (cosine), in [-1, 1]."""
+
+    rank: int
+    id: int
+    score: float
+    path: Path
+
+
+def parse_term(raw: str, kind: TermKind | None = None, *, negative: bool = False) -> QueryTerm:
+    """Parse 'WEIGHT:TERM' or 'TERM'. kind None means: an existing image file, else text."""
+    value, weight = raw, 1.0
+    match = _WEIGHT.match(raw)
+    if match and not (kind != "text" and os.path.exists(raw)):
+        weight, value = float(match.group(1)), match.group(2)
+    if kind is None:
+        looks_like_image = os.path.splitext(value)[1].lower() in IMAGE_EXTENSIONS
+        kind = "image" if looks_like_image and os.path.isfile(value) else "text"
+    if not value.strip():
+        raise QueryError(f"empty query term {raw!r}")
+    return QueryTerm(value, kind, -weight if negative else weight)
+
+
+def parse_query(
+    texts: Sequence[str] = (), images: Sequence[str] = (), negatives: Sequence[str] = ()
+) -> list[QueryTerm]:
+    """The terms of a CLI query: texts and --image files add, --not terms subtract."""
+    terms = [parse_term(t, "text") for t in texts]
+    terms += [parse_term(i, "image") for i in images]
+    terms += [parse_term(n, None, negative=True) for n in negatives]
+    if not any(t.weight > 0 for t in terms):
+        raise QueryError(
+            "nothing to search for: give a text, or an --image, with a positive weight"
+        )
+    return terms
+
+
+class Searcher:
+    """Searches one collection. The model is loaded on the first query and kept."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        *,
+        encoder: Encoder | None = None,
+        model: ModelIdentity | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> None:
+        if model is not None:
+            collection.check_model(model)
+        self.collection = collection
+        self._encoder = encoder
+        self._device = device
+        self._precision = precision
+
+    @classmethod
+    def open(cls, collection_dir: Path | None = None, **kwargs: object) -> Searcher:
+        """Open the collection in collection_dir, or the nearest one above the current folder."""
+        directory = Path(collection_dir) if collection_dir else find_collection()
+        return cls(Collection.open(directory, readonly=True), **kwargs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.collection.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = load_encoder(
+                self.collection.manifest.model, device=self._device, precision=self._precision
+            )
+        return self._encoder
+
+    def embed(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """The query vector: float32 (d,), L2-normalised weighted sum of the terms."""
+        texts = [t for t in terms if t.kind == "text"]
+        images = [t for t in terms if t.kind == "image"]
+        parts: list[np.ndarray] = []
+        weights: list[float] = []
+        if texts:
+            parts.append(self.encoder.encode_texts([t.value for t in texts]))
+            weights += [t.weight for t in texts]
+        if images:
+            parts.append(self.encode_image_files([Path(t.value) for t in images]))
+            weights += [t.weight for t in images]
+        vectors = np.concatenate(parts)
+        query = (np.asarray(weights, dtype=np.float32)[:, None] * vectors).sum(axis=0)
+        norm = float(np.linalg.norm(query))
+        if norm < 1e-6:
+            raise QueryError("the query's terms cancel out; change their weights")
+        return (query / norm).astype(np.float32)
+
+    def encode_image_files(self, paths: Sequence[Path]) -> np.ndarray:
+        """Embed image files given as queries: float32 (n, d)."""
+        prepared = []
+        for path in paths:
+            if not path.is_file():
+                raise QueryError(f"{path}: no such image file")
+            try:
+                image = load_image(path, min_size=self.encoder.min_side)
+            except ImageReadError as e:
+                raise QueryError(str(e)) from e
+            prepared.append(self.encoder.prepare(image))
+        return self.encoder.encode_images(np.stack(prepared))
+
+    def search(
+        self,
+        terms: Sequence[QueryTerm],
+        *,
+        k: int = 10,
+        under: str | Path | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The k images closest to the query, best first."""
+        return self.search_vector(self.embed(terms), k=k, under=under, min_score=min_score)
+
+    def search_vector(
+        self,
+        query: np.ndarray,
+        *,
+        k: int = 10,
+        under: str | Path | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The k images closest to a query vector float32 (d,), best first."""
+        if k < 1:
+            raise QueryError(f"-k must be at least 1, not {k}")
+        catalog = self.collection.catalog
+        allowed = None
+        if under is not None:
+            allowed = np.asarray(catalog.ids_under(self.relative_prefix(under)), dtype=np.int64)
+            if allowed.size == 0:
+                return []
+        index = self.collection.faiss_index()
+        if index.ntotal == 0:
+            return []
+        scores, ids = vector_index.search(index, query[None, :], k, allowed)
+        found = catalog.by_ids(i for i in ids[0] if i >= 0)
+        hits = []
+        for score, item_id in zip(scores[0], ids[0], strict=True):
+            item = found.get(int(item_id))
+            if item is None or (min_score is not None and score < min_score):
+                continue
+            path = self.collection.root / item.path
+            hits.append(Hit(len(hits) + 1, int(item_id), float(score), path))
+        return hits
+
+    def relative_prefix(self, under: str | Path) -> str:
+        """A --under argument as a path prefix relative to the root ('' for all of it)."""
+        root = self.collection.root
+        candidate = Path(under).expanduser()
+        absolute = candidate if candidate.is_absolute() else Path.cwd() / candidate
+        if not candidate.is_absolute() and not absolute.exists():
+            absolute = root / candidate
+        for form in (Path(os.path.normpath(absolute)), absolute.resolve()):
+            if form.is_relative_to(root):
+                relative = form.relative_to(root).as_posix()
+                return "" if relative == "." else relative
+        raise QueryError(f"--under {under}: not inside the indexed folder {root}")
