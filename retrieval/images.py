@@ -24,14 +24,15 @@ IMAGE_EXTENSIONS = frozenset(
 
 ORIENTATION_TAG = 0x0112
 
-DEFAULT_MAX_PIXELS = 100_000_000
-"""Decompression-bomb cap: larger images are refused before any pixel is decoded."""
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+"""Decompression-bomb cap (Pillow's own error threshold): larger images are refused before any
+pixel is decoded. It admits 100-megapixel cameras."""
 
 _heif_registered = False
 
 
 def register_heif() -> None:
-    """Teach Pillow to open HEIC/HEIF; done on first use rather than at import."""
+    """Teach Pillow to open HEIC/HEIF, on first use rather than at import."""
     global _heif_registered
     if not _heif_registered:
         from pillow_heif import register_heif_opener
