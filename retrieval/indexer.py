@@ -94,7 +94,7 @@ def index_folder(
         raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
     if batch_size < 1:
         raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
-    directory = Path(collection_dir).resolve() if collection_dir else default_dir(root)
+    directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     if (directory / "manifest.json").is_file():
         collection = Collection.open(directory)
         if model is not None:
@@ -207,6 +207,8 @@ class _IndexRun:
             min_side=encoder.min_side,
             known_hashes=frozenset(self.by_hash),
             workers=self.workers,
+            # Two batches ahead: the next batch is ready when the model finishes this one.
+            window=2 * self.batch_size + (self.workers or 0) + 2,
         )
         done = 0
         pending: list[Decoded] = []

@@ -26,7 +26,7 @@ class CollectionInfo:
 
 def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
     """Describe the collection in collection_dir, or the nearest one above the current folder."""
-    directory = Path(collection_dir) if collection_dir else find_collection()
+    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
     with Collection.open(directory, readonly=True) as collection:
         stats = collection.stats()
         manifest = collection.manifest

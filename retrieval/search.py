@@ -96,7 +96,7 @@ class Searcher:
     @classmethod
     def open(cls, collection_dir: Path | None = None, **kwargs: object) -> Searcher:
         """Open the collection in collection_dir, or the nearest one above the current folder."""
-        directory = Path(collection_dir) if collection_dir else find_collection()
+        directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
         return cls(Collection.open(directory, readonly=True), **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may reach the network
 sys.path.insert(0, str(Path(__file__).parent))
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-from tiny_model import make_tiny_model  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_model import make_tiny_model
 
-from index.manifest import ModelIdentity  # noqa: E402
-from retrieval.models import Encoder, load_encoder  # noqa: E402
+from index.manifest import ModelIdentity
+from retrieval.models import Encoder, load_encoder
 
 
 @pytest.fixture(scope="session")

@@ -218,5 +218,5 @@ def test_truncated_jpeg_raises_a_clear_error(tmp_path: Path):
     path = tmp_path / "cut.jpg"
     photo(7, size=(256, 256)).save(path, quality=95)
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(ImageReadError, match="cut.jpg: cannot decode"):
+    with pytest.raises(ImageReadError, match=r"cut\.jpg: cannot decode"):
         load_image(path)

@@ -1,0 +1,189 @@
+"""Indexing throughput: the model's bound, the real pipeline, a naive pipeline, and a re-index.
+
+    python benchmarks/indexing.py                   # 12-megapixel and 1-megapixel JPEGs
+    python benchmarks/indexing.py --sizes 4000x3000 --n 48 --reindex-files 10000
+
+For each image size it measures images per second of
+  (a) the image tower alone on ready uint8 tensors at the same batch size (the bound),
+  (b) the full pipeline from JPEG files on disk (`index_folder`: threaded draft-mode decoding
+      overlapped with the model, commits included),
+  (c) a naive pipeline: full-size decode, the model's own preprocessing, no overlap,
+and the wall time of re-indexing an unchanged root of many files, in-process and as
+`retrieval index ROOT` run from a shell. Prints a table and writes JSON (--out).
+ViT-B-32 runs with random weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from index.manifest import ModelIdentity
+from retrieval.indexer import index_folder
+from retrieval.models import (
+    TINY_MODEL_CFG,
+    Encoder,
+    create_untrained,
+    import_torch,
+    load_encoder,
+)
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth shapes plus fine grain: compresses and decodes like a camera JPEG, unlike noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    grain = rng.integers(-12, 13, size=(height // 4, width // 4, 3), dtype=np.int16)
+    grain_full = np.asarray(
+        Image.fromarray((grain + 128).astype(np.uint8)).resize((width, height))
+    ).astype(np.int16)
+    pixels = np.clip(np.asarray(image, dtype=np.int16) + grain_full - 128, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    base = [photo_like(*size, seed) for seed in range(min(n, 8))]
+    for i in range(n):
+        # Distinct files (distinct hashes) without generating n big images from scratch.
+        image = base[i % len(base)].rotate(180 * (i // len(base) % 2))
+        image.save(folder / f"img{i:05d}.jpg", quality=90)
+
+
+def bench_model(encoder: Encoder, batch_size: int, batches: int) -> float:
+    height, width = encoder.image_size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), np.uint8)
+    encoder.encode_images(pixels)  # warm-up
+    started = time.perf_counter()
+    for _ in range(batches):
+        encoder.encode_images(pixels)
+    return batch_size * batches / (time.perf_counter() - started)
+
+
+def bench_pipeline(encoder: Encoder, folder: Path, batch_size: int, workers: int | None) -> float:
+    shutil.rmtree(folder / ".retrieval", ignore_errors=True)
+    started = time.perf_counter()
+    report = index_folder(
+        folder, model=encoder.identity, encoder=encoder, batch_size=batch_size, workers=workers
+    )
+    elapsed = time.perf_counter() - started
+    assert report.encoded == report.added, report
+    return report.encoded / elapsed
+
+
+def bench_naive(encoder: Encoder, folder: Path, batch_size: int) -> float:
+    """Decode at full size, preprocess, encode: one file after another, nothing overlapped."""
+    files = sorted(folder.glob("*.jpg"))
+    started = time.perf_counter()
+    for start in range(0, len(files), batch_size):
+        prepared = [
+            encoder.prepare(Image.open(f).convert("RGB")) for f in files[start : start + batch_size]
+        ]
+        encoder.encode_images(np.stack(prepared))
+    return len(files) / (time.perf_counter() - started)
+
+
+def bench_reindex(folder: Path, files: int) -> dict[str, float]:
+    model = create_untrained(TINY_MODEL_CFG, folder.parent / "tiny-model")
+    folder.mkdir(parents=True, exist_ok=True)
+    small = photo_like(64, 48, 0)
+    for i in range(files):
+        sub = folder / f"d{i // 1000:03d}"
+        sub.mkdir(exist_ok=True)
+        small.rotate(i % 360).save(sub / f"p{i:05d}.jpg", quality=80)
+    index_folder(folder, model=model, device="cpu", batch_size=256)
+    started = time.perf_counter()
+    report = index_folder(folder)
+    in_process = time.perf_counter() - started
+    assert report.unchanged == files and report.encoded == 0, report
+    command = [str(Path(sys.executable).parent / "retrieval"), "index", str(folder), "--json"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    shell = time.perf_counter() - started
+    return {"files": files, "in_process_s": in_process, "command_s": shell}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["4000x3000", "1152x864"])
+    parser.add_argument("--n", type=int, default=160, help="JPEG files per size")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--reindex-files", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/indexing.json"))
+    args = parser.parse_args()
+
+    torch = import_torch()
+
+    encoder = load_encoder(ModelIdentity("ViT-B-32", None), device="cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.sizes:
+            width, height = (int(v) for v in spec.split("x"))
+            folder = Path(tmp) / spec
+            make_jpegs(folder, args.n, (width, height))
+            batches = max(2, args.n // args.batch_size)
+            # The bound is measured before and after the pipeline; the better figure counts.
+            model_ips = bench_model(encoder, args.batch_size, batches)
+            pipeline_ips = bench_pipeline(encoder, folder, args.batch_size, args.workers)
+            model_ips = max(model_ips, bench_model(encoder, args.batch_size, batches))
+            naive_ips = bench_naive(encoder, folder, args.batch_size)
+            rows.append(
+                {
+                    "size": spec,
+                    "megapixels": round(width * height / 1e6, 1),
+                    "files": args.n,
+                    "model_images_per_s": round(model_ips, 2),
+                    "pipeline_images_per_s": round(pipeline_ips, 2),
+                    "naive_images_per_s": round(naive_ips, 2),
+                    "pipeline_over_model": round(pipeline_ips / model_ips, 3),
+                    "pipeline_over_naive": round(pipeline_ips / naive_ips, 3),
+                }
+            )
+        reindex = bench_reindex(Path(tmp) / "reindex", args.reindex_files)
+
+    result = {
+        "model": "ViT-B-32 (random weights)",
+        "batch_size": args.batch_size,
+        "workers": args.workers or os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "sizes": rows,
+        "unchanged_reindex": reindex,
+    }
+    header = f"{'size':>10} {'MP':>5} {'(a) model':>10} {'(b) pipeline':>13} {'(c) naive':>10}"
+    header += f" {'b/a':>6} {'b/c':>6}"
+    print(header)
+    for r in rows:
+        print(
+            f"{r['size']:>10} {r['megapixels']:>5} {r['model_images_per_s']:>10.2f} "
+            f"{r['pipeline_images_per_s']:>13.2f} {r['naive_images_per_s']:>10.2f} "
+            f"{r['pipeline_over_model']:>6.2f} {r['pipeline_over_naive']:>6.2f}"
+        )
+    print(
+        f"unchanged re-index of {reindex['files']} files: {reindex['in_process_s']:.2f} s "
+        f"in-process, {reindex['command_s']:.2f} s as `retrieval index` from a shell"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

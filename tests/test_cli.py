@@ -1,0 +1,142 @@
+"""The real `retrieval` command, run in a subprocess as a user's shell would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_photos
+
+REPO = Path(__file__).resolve().parent.parent
+RETRIEVAL = Path(sys.executable).parent / "retrieval"
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "RETRIEVAL_INDEX"}
+    environment.update({"HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run(
+        [str(RETRIEVAL), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_one_line_error(process: subprocess.CompletedProcess, *needles: str) -> None:
+    assert process.returncode == 1, process.stderr
+    assert "Traceback" not in process.stderr
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, process.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_model) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "photos"
+    write_photos(root, ["a.jpg", "b.png", "trip/c.jpg", "trip/d.jpg"])
+    (root / "broken.jpg").write_text("nope")
+    process = cli("index", str(root), "--model", tiny_model.name, "--json", "--batch-size", "2")
+    assert process.returncode == 0, process.stderr
+    summary = json_lines(process.stdout)
+    assert len(summary) == 1
+    summary = summary[0]
+    for field in ("added", "updated", "renamed", "removed", "skipped"):
+        assert field in summary
+    assert summary["added"] == 4
+    assert summary["skipped"] == [{"path": "broken.jpg", "error": summary["skipped"][0]["error"]}]
+    assert "skipped broken.jpg" in process.stderr
+    return root
+
+
+def test_search_json_has_the_promised_fields(indexed):
+    process = cli("search", "a photo", "-k", "3", "--json", cwd=indexed / "trip")
+    assert process.returncode == 0, process.stderr
+    hits = json_lines(process.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    for hit in hits:
+        assert set(hit) >= {"rank", "score", "path", "id"}
+        assert Path(hit["path"]).is_absolute() and Path(hit["path"]).exists()
+
+
+def test_search_by_image_paths_and_table(indexed):
+    process = cli("search", "--image", str(indexed / "b.png"), "--paths", cwd=indexed)
+    assert process.returncode == 0, process.stderr
+    paths = process.stdout.splitlines()
+    assert paths[0] == str(indexed / "b.png") and len(paths) == 4
+
+    table = cli("search", "x", "--not", "y", "--under", "trip", "-k", "5", cwd=indexed)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(r[2].startswith(str(indexed / "trip")) for r in rows)
+
+
+def test_info_json(indexed):
+    process = cli("info", "--json", "--index", str(indexed / ".retrieval"))
+    assert process.returncode == 0, process.stderr
+    (info,) = json_lines(process.stdout)
+    assert info["images"] == 4
+    assert info["model"].startswith("local-dir:")
+    assert [s["path"] for s in info["skipped"]] == ["broken.jpg"]
+    assert info["bytes_on_disk"] > 0
+
+
+def test_the_index_environment_variable_names_the_collection(indexed, tmp_path):
+    process = cli(
+        "info", "--json", cwd=tmp_path, env={"RETRIEVAL_INDEX": str(indexed / ".retrieval")}
+    )
+    assert process.returncode == 0, process.stderr
+    assert json_lines(process.stdout)[0]["images"] == 4
+
+
+def test_no_collection_says_how_to_make_one(tmp_path):
+    assert_one_line_error(
+        cli("search", "a dog", cwd=tmp_path), "no collection found", "retrieval index"
+    )
+
+
+def test_another_model_is_refused_naming_both(indexed, other_model, tiny_model):
+    process = cli("index", str(indexed), "--model", other_model.name)
+    assert_one_line_error(process, other_model.name, tiny_model.name)
+
+
+def test_weights_that_cannot_be_had_end_in_one_line(tmp_path):
+    (tmp_path / "p").mkdir()
+    process = cli(
+        "index", str(tmp_path / "p"), "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"
+    )
+    assert_one_line_error(process, "ViT-B-32", "laion2b_s34b_b79k", "local-dir:")
+    process = cli("index", str(tmp_path / "p"), "--model", f"local-dir:{tmp_path / 'nothing'}")
+    assert_one_line_error(process, "nothing", "open_clip_config.json")
+    assert not (tmp_path / "p" / ".retrieval").exists()
+
+
+def test_bad_usage_exits_2(indexed):
+    assert cli("search", "x", "-k", "0", cwd=indexed).returncode == 2
+    assert cli("index").returncode == 2
+    assert cli("frobnicate").returncode == 2
+
+
+def test_every_command_is_documented_in_the_readme():
+    import typer.main
+
+    from cli import app
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = typer.main.get_command(app).commands
+    assert commands
+    for name in commands:
+        assert f"retrieval {name}" in readme, f"README does not document `retrieval {name}`"
