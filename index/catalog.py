@@ -98,13 +98,20 @@ class Catalog:
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
         """One atomic write: everything inside commits together or not at all."""
-        if self._in_transaction:
+        return self._begin("BEGIN IMMEDIATE")
+
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Reads inside see one committed state, whatever a writer commits meanwhile."""
+        return self._begin("BEGIN")
+
+    @contextlib.contextmanager
+    def _begin(self, statement: str) -> Iterator[None]:
+        if self._in_transaction:  # nested: the outer one commits
             yield
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(statement)
         self._in_transaction = True
         try:
             yield
@@ -115,20 +122,6 @@ class Catalog:
             self._db.execute("COMMIT")
         finally:
             self._in_transaction = False
-
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """Reads inside see one committed state, whatever a writer commits meanwhile."""
-        if self._in_transaction:
-            yield
-            return
-        self._db.execute("BEGIN")
-        self._in_transaction = True
-        try:
-            yield
-        finally:
-            self._in_transaction = False
-            self._db.execute("COMMIT")
 
     # -- reading ---------------------------------------------------------------------------
 

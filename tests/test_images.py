@@ -26,16 +26,9 @@ UPRIGHT = {
     8: [Image.Transpose.ROTATE_90],
 }
 # The inverse of each: what a camera stores for an upright scene.
-STORED = {
-    1: [],
-    2: [Image.Transpose.FLIP_LEFT_RIGHT],
-    3: [Image.Transpose.ROTATE_180],
-    4: [Image.Transpose.FLIP_TOP_BOTTOM],
-    5: [Image.Transpose.TRANSPOSE],
-    6: [Image.Transpose.ROTATE_90],
-    7: [Image.Transpose.TRANSVERSE],
-    8: [Image.Transpose.ROTATE_270],
-}
+_INVERSE = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270}
+_INVERSE |= {v: k for k, v in _INVERSE.items()}
+STORED = {o: [_INVERSE.get(t, t) for t in reversed(steps)] for o, steps in UPRIGHT.items()}
 
 
 def _apply(image: Image.Image, steps: list[Image.Transpose]) -> Image.Image:
