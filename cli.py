@@ -194,6 +194,133 @@ def search_command(
         err.print("no results")
 
 
+@app.command("add-texts")
+def add_texts_command(
+    file: Path = typer.Argument(..., help="Texts, one per line, or a .csv/.tsv file."),
+    column: str | None = typer.Option(
+        None, "--column", help="The CSV/TSV column to read (default: text, caption or title)."
+    ),
+    index: Path | None = IndexOption,
+    device: str = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Add texts to a collection, for `retrieval describe` (image-to-text)."""
+    from retrieval.texts import add_texts, read_texts
+
+    with user_errors(), _progress_bar() as bar:
+        task = bar.add_task("embedding texts", total=None)
+        report = add_texts(
+            read_texts(file, column),
+            collection_dir=index,
+            device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if as_json:
+        emit_json({"added": report.added, "known": report.known, "total": report.total})
+    else:
+        print(f"{report.added} texts added, {report.known} already in the collection")
+
+
+@app.command("describe")
+def describe_command(
+    image: Path = typer.Argument(..., help="The image to describe."),
+    k: int = typer.Option(5, "-k", "--k", min=1, help="How many texts."),
+    source: str = typer.Option(
+        "auto",
+        "--source",
+        help="texts (the collection's), vocabulary (ImageNet classes), or auto: texts if any.",
+    ),
+    index: Path | None = IndexOption,
+    device: str = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The texts that best describe an image: the collection's own, or a built-in vocabulary."""
+    from retrieval.search import Searcher
+
+    with user_errors(), Searcher.open(index, device=device) as searcher:
+        hits = searcher.describe(image, k=k, source=source)
+    for hit in hits:
+        if as_json:
+            emit_json({"rank": hit.rank, "score": round(hit.score, 6), "text": hit.text,
+                       "id": hit.id})  # fmt: skip
+        else:
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.text}")
+
+
+@app.command("bench")
+def bench_command(
+    dataset: str = typer.Argument(
+        ...,
+        help="synthetic[:N], a Karpathy-split JSON (dataset_flickr30k.json), or an "
+        "image,caption CSV/TSV.",
+    ),
+    model: str | None = typer.Option(None, "--model", help="open_clip model (default ViT-B-32)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Tag for --model."),
+    split: str = typer.Option("test", "--split", help="test, val or train."),
+    ks: list[str] = typer.Option(
+        ["1,5,10"], "--k", help="Recall cut-offs: --k 1,5,10 or --k 1 --k 5 (default 1,5,10)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    images_dir: Path | None = typer.Option(
+        None, "--images-dir", help="Images folder of a Karpathy JSON (default: images/ beside it)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Keep the collection, recall.json, recall.png and the embeddings here."
+    ),
+    device: str = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Recall@k of a model on a captioned dataset, exactly and through the FAISS index."""
+    from retrieval.bench import run_benchmark
+    from retrieval.datasets import load_dataset
+    from retrieval.models import DEFAULT_MODEL
+
+    with user_errors():
+        cutoffs = _parse_ks(ks)
+        data = load_dataset(dataset, split=split, images_dir=images_dir)
+        report = run_benchmark(
+            data,
+            model=_model(model, pretrained) or DEFAULT_MODEL,
+            device=device,
+            batch_size=batch_size,
+            ks=cutoffs,
+            out=out,
+        )
+    if as_json:
+        emit_json(report.to_json())
+        return
+    print(
+        f"{report.dataset}: {report.images} images, {report.texts} captions, model {report.model}"
+    )
+    print(f"{'':>22}" + "".join(f"{'R@' + str(k):>8}" for k in report.ks))
+    rows = [
+        ("text->image", report.text_to_image),
+        ("image->text", report.image_to_text),
+        (f"text->image ({report.factory})", report.index_text_to_image),
+        (f"image->text ({report.factory})", report.index_image_to_text),
+    ]
+    for label, recalls in rows:
+        print(f"{label:>22}" + "".join(f"{100 * recalls[k]:>8.2f}" for k in report.ks))
+    print(
+        f"encoding {report.images_per_second:.1f} images/s, {report.texts_per_second:.1f} texts/s; "
+        f"search {report.search_ms_per_query:.3f} ms per query; {report.seconds:.1f} s in all"
+    )
+    if out:
+        print(f"wrote {out}/recall.json, recall.png and the embeddings")
+
+
+def _parse_ks(values: list[str]) -> list[int]:
+    from retrieval.errors import RetrievalError
+
+    try:
+        ks = [int(v) for value in values for v in value.replace(",", " ").split()]
+    except ValueError as e:
+        raise RetrievalError(f"--k takes whole numbers, like --k 1,5,10 ({e})") from e
+    if not ks or min(ks) < 1:
+        raise RetrievalError("--k takes whole numbers of at least 1, like --k 1,5,10")
+    return ks
+
+
 @app.command("info")
 def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -> None:
     """Show a collection's model, counts, skipped files and size on disk."""
@@ -210,6 +337,7 @@ def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -
         "factory": info.factory,
         "embedding_dtype": info.embedding_dtype,
         "images": info.images,
+        "texts": info.texts,
         "skipped": [{"path": s.path, "error": s.error} for s in info.skipped],
         "bytes_on_disk": info.bytes_on_disk,
     }
@@ -221,6 +349,7 @@ def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -
     print(f"model       {info.model}")
     print(f"embeddings  {info.dim}-d {info.embedding_dtype}, FAISS {info.factory}")
     print(f"images      {info.images}")
+    print(f"texts       {info.texts}")
     print(f"size        {_human_bytes(info.bytes_on_disk)}")
     print(f"skipped     {len(info.skipped)}")
     for skipped in info.skipped:

@@ -32,7 +32,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     INSERT INTO meta VALUES ('version', '0'), ('next_row', '0');
     """,
+    """
+    CREATE TABLE texts (
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        text TEXT    NOT NULL UNIQUE,
+        row  INTEGER NOT NULL
+    );
+    INSERT INTO meta VALUES ('text_version', '0'), ('text_next_row', '0');
+    """,
 )
+
+IMAGE = "image"
+TEXT = "text"
+# Per kind of item: the meta keys of its version counter and of its next free embedding row.
+_COUNTERS = {IMAGE: ("version", "next_row"), TEXT: ("text_version", "text_next_row")}
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,11 @@ class Catalog:
 
     @property
     def version(self) -> int:
+        """The image version: it changes with every commit that changes image vectors."""
         return int(self._meta("version"))
+
+    def version_of(self, kind: str) -> int:
+        return int(self._meta(_COUNTERS[kind][0]))
 
     def _meta(self, key: str) -> str:
         return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
@@ -151,12 +168,39 @@ class Catalog:
                 found[row[0]] = Item(*row)
         return found
 
-    def vector_rows(self) -> tuple[list[int], list[int]]:
-        """(ids, rows) of every item that has an embedding, ordered by id."""
-        pairs = self._db.execute(
-            "SELECT id, row FROM items WHERE status = ? ORDER BY id", (STATUS_OK,)
-        ).fetchall()
+    def vector_rows(self, kind: str = IMAGE) -> tuple[list[int], list[int]]:
+        """(ids, rows) of every image (or text) that has an embedding, ordered by id."""
+        if kind == TEXT:
+            pairs = self._db.execute("SELECT id, row FROM texts ORDER BY id").fetchall()
+        else:
+            pairs = self._db.execute(
+                "SELECT id, row FROM items WHERE status = ? ORDER BY id", (STATUS_OK,)
+            ).fetchall()
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def text_ids(self, texts: Iterable[str]) -> dict[str, int]:
+        """The ids of those texts that the catalog already holds."""
+        texts = list(dict.fromkeys(texts))
+        found: dict[str, int] = {}
+        for start in range(0, len(texts), 500):
+            chunk = texts[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT text, id FROM texts WHERE text IN ({marks})"
+            found.update(self._db.execute(query, chunk).fetchall())
+        return found
+
+    def texts_by_ids(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, text FROM texts WHERE id IN ({marks})"
+            found.update(self._db.execute(query, chunk).fetchall())
+        return found
+
+    def count_texts(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
 
     def ids_under(self, prefix: str) -> list[int]:
         """Ids of the items at `prefix` or below it (a relative POSIX path, '' for all)."""
@@ -181,19 +225,33 @@ class Catalog:
             "SELECT COUNT(*) FROM items WHERE status = ?", (status,)
         ).fetchone()[0]
 
-    def next_row(self) -> int:
-        return int(self._meta("next_row"))
+    def next_row(self, kind: str = IMAGE) -> int:
+        return int(self._meta(_COUNTERS[kind][1]))
 
     # -- writing (call inside transaction()) -------------------------------------------------
 
-    def _bump(self) -> None:
-        self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+    def _bump(self, kind: str = IMAGE) -> None:
+        key = _COUNTERS[kind][0]
+        self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
 
-    def reserve_rows(self, n: int) -> int:
-        """Claim n consecutive embedding slots; returns the first."""
-        first = self.next_row()
-        self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_row'", (str(first + n),))
+    def reserve_rows(self, n: int, kind: str = IMAGE) -> int:
+        """Claim n consecutive embedding slots of images (or texts); returns the first."""
+        first = self.next_row(kind)
+        self._db.execute(
+            "UPDATE meta SET value = ? WHERE key = ?", (str(first + n), _COUNTERS[kind][1])
+        )
         return first
+
+    def put_texts(self, texts: list[str], first_row: int) -> list[int]:
+        """Insert new texts, embedded at rows first_row, first_row + 1, ...; returns their ids."""
+        ids = []
+        for offset, text in enumerate(texts):
+            cursor = self._db.execute(
+                "INSERT INTO texts (text, row) VALUES (?, ?)", (text, first_row + offset)
+            )
+            ids.append(int(cursor.lastrowid))
+        self._bump(TEXT)
+        return ids
 
     def put_ok(
         self,

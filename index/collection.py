@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from . import vector_index
-from .catalog import Catalog
+from .catalog import IMAGE, TEXT, Catalog
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
 from .manifest import Manifest, ModelIdentity
 from .vectors import EmbeddingStore
@@ -23,7 +23,24 @@ MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 EMBEDDINGS = "embeddings.bin"
 FAISS_INDEX = "index.faiss"
+TEXT_EMBEDDINGS = "text_embeddings.bin"
+TEXT_FAISS_INDEX = "texts.faiss"
 LOCK = "lock"
+
+
+@dataclass(frozen=True)
+class _Space:
+    """Where one kind of item (images or texts) keeps its vectors."""
+
+    embeddings: str
+    faiss_index: str
+    manifest_version: str
+
+
+_SPACES = {
+    IMAGE: _Space(EMBEDDINGS, FAISS_INDEX, "index_version"),
+    TEXT: _Space(TEXT_EMBEDDINGS, TEXT_FAISS_INDEX, "text_index_version"),
+}
 
 
 def default_dir(root: Path) -> Path:
@@ -48,6 +65,7 @@ def find_collection(start: Path | None = None) -> Path:
 class CollectionStats:
     images: int
     skipped: int
+    texts: int
     bytes_on_disk: int
 
 
@@ -61,7 +79,13 @@ class Collection:
         self.dir = Path(directory)
         self.manifest = manifest
         self.catalog = catalog
-        self.store = EmbeddingStore(self.dir / EMBEDDINGS, manifest.dim, manifest.embedding_dtype)
+        dim, dtype = manifest.dim, manifest.embedding_dtype
+        self.stores = {
+            kind: EmbeddingStore(self.dir / space.embeddings, dim, dtype)
+            for kind, space in _SPACES.items()
+        }
+        self.store = self.stores[IMAGE]
+        self.text_store = self.stores[TEXT]
         self._lock_fd: int | None = None
 
     # -- opening ---------------------------------------------------------------------------
@@ -169,42 +193,44 @@ class Collection:
 
     # -- vectors and the FAISS index -----------------------------------------------------------
 
-    def vectors(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """(ids int64 (n,), vectors float32 (n, d), catalog version) of one committed state."""
+    def vectors(self, kind: str = IMAGE) -> tuple[np.ndarray, np.ndarray, int]:
+        """(ids int64 (n,), vectors float32 (n, d), version) of one committed state of the
+        collection's images (or texts)."""
         with self.catalog.snapshot():
-            version = self.catalog.version
-            ids, rows = self.catalog.vector_rows()
-        return np.asarray(ids, dtype=np.int64), self.store.read(rows), version
+            version = self.catalog.version_of(kind)
+            ids, rows = self.catalog.vector_rows(kind)
+        return np.asarray(ids, dtype=np.int64), self.stores[kind].read(rows), version
 
-    def faiss_index(self) -> faiss.Index:
-        """The FAISS index of the committed state: the saved one if current, else rebuilt."""
-        path = self.dir / FAISS_INDEX
-        current = Manifest.read(self.dir / MANIFEST)
-        if current.index_version == self.catalog.version and path.is_file():
+    def faiss_index(self, kind: str = IMAGE) -> faiss.Index:
+        """The FAISS index of the committed images (or texts): the saved one if it is current,
+        else one rebuilt from the stored embeddings (and saved, when holding the lock)."""
+        space = _SPACES[kind]
+        path = self.dir / space.faiss_index
+        saved_version = getattr(Manifest.read(self.dir / MANIFEST), space.manifest_version)
+        if saved_version == self.catalog.version_of(kind) and path.is_file():
             return vector_index.load(path)
-        ids, vectors, version = self.vectors()
-        index = vector_index.build(self.manifest.factory, vectors, ids)
+        ids, vectors, version = self.vectors(kind)
+        index = vector_index.build(self.manifest.factory, vectors, ids, dim=self.manifest.dim)
         if self._lock_fd is not None:
-            self._save_index(index, version)
+            vector_index.save(index, path)
+            # The manifest is written after the index: a crash in between leaves it stale, never
+            # wrong.
+            setattr(self.manifest, space.manifest_version, version)
+            self.manifest.write(self.dir / MANIFEST)
         return index
 
-    def sync_index(self) -> None:
+    def sync_index(self, kind: str = IMAGE) -> None:
         """Bring the saved FAISS index up to the catalog (the writer calls this)."""
         if self._lock_fd is None:
             raise CollectionError("sync_index() needs the collection's lock")
-        self.faiss_index()
-
-    def _save_index(self, index: faiss.Index, version: int) -> None:
-        vector_index.save(index, self.dir / FAISS_INDEX)
-        # The manifest is written after the index: a crash in between leaves it stale, never wrong.
-        self.manifest.index_version = version
-        self.manifest.write(self.dir / MANIFEST)
+        self.faiss_index(kind)
 
     def stats(self) -> CollectionStats:
         size = sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
         return CollectionStats(
             images=self.catalog.count("ok"),
             skipped=self.catalog.count("error"),
+            texts=self.catalog.count_texts(),
             bytes_on_disk=size,
         )
 

@@ -38,7 +38,9 @@ class Manifest:
     embedding_dtype: str = "float16"
     preprocess: dict[str, Any] = field(default_factory=dict)
     index_version: int = -1
-    """The catalog version the saved FAISS index reflects; -1 when there is none."""
+    """The catalog's image version the saved FAISS index reflects; -1 when there is none."""
+    text_index_version: int = -1
+    """Likewise for the FAISS index of the collection's texts."""
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:

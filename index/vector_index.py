@@ -11,11 +11,11 @@ from .atomic import write_with_atomic
 from .errors import CorruptCollection
 
 
-def build(factory: str, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    """An inner-product index over vectors (n, d) float32, keyed by int64 ids (n,)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+def build(factory: str, vectors: np.ndarray, ids: np.ndarray, *, dim: int) -> faiss.Index:
+    """An inner-product index over vectors (n, dim) float32, keyed by int64 ids (n,)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    inner = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     index = faiss.IndexIDMap2(inner)
     if not inner.is_trained and len(vectors):
         index.train(vectors)

@@ -22,7 +22,7 @@ from index.manifest import ModelIdentity
 from .errors import RetrievalError
 from .models import DEFAULT_MODEL, Encoder, load_encoder
 from .pipeline import Decoded, decode_files
-from .scan import FileInfo, ScanProblem, scan
+from .scan import FileInfo, ScanProblem, scan, stat_files
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,12 @@ def index_folder(
     embedding_dtype: str = "float16",
     progress: ProgressCallback | None = None,
     encoder: Encoder | None = None,
+    paths: Sequence[str] | None = None,
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
+
+    paths: index exactly these files (relative to root) instead of scanning the folder; the
+    collection then holds only them (a dataset's images among other files, say).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs
@@ -132,7 +136,7 @@ def index_folder(
     with collection, collection.locked():
         run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress)
         try:
-            return run.execute(exclude)
+            return run.execute(exclude, paths)
         except KeyboardInterrupt:
             # Whatever was committed stays; make the saved index match it before leaving.
             collection.sync_index()
@@ -162,10 +166,13 @@ class _IndexRun:
         self.missing: dict[int, Item] = {}
         self.batch: list[Decoded] = []
 
-    def execute(self, exclude: Sequence[str]) -> IndexReport:
+    def execute(self, exclude: Sequence[str], paths: Sequence[str] | None) -> IndexReport:
         started = time.perf_counter()
         problems: list[ScanProblem] = []
-        files = list(scan(self.root, exclude=exclude, problems=problems))
+        if paths is None:
+            files = list(scan(self.root, exclude=exclude, problems=problems))
+        else:
+            files = list(stat_files(self.root, paths, problems))
         self.progress(IndexProgress("scan", len(files), len(files)))
         todo = self._plan(files)
         for problem in problems:

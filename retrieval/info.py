@@ -20,6 +20,7 @@ class CollectionInfo:
     factory: str
     embedding_dtype: str
     images: int
+    texts: int
     bytes_on_disk: int
     skipped: list[SkippedFile] = field(default_factory=list)
 
@@ -42,6 +43,7 @@ def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
             factory=manifest.factory,
             embedding_dtype=manifest.embedding_dtype,
             images=stats.images,
+            texts=stats.texts,
             bytes_on_disk=stats.bytes_on_disk,
             skipped=skipped,
         )

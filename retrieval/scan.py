@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +73,20 @@ def scan(
                 continue
             yield FileInfo(path, stat.st_size, stat.st_mtime_ns)
         stack.extend(reversed(subfolders))
+
+
+def stat_files(
+    root: Path, paths: Iterable[str], problems: list[ScanProblem] | None = None
+) -> Iterator[FileInfo]:
+    """FileInfo for each of these paths (relative to root), in order; missing ones are problems."""
+    for path in dict.fromkeys(paths):
+        try:
+            stat = (Path(root) / path).stat()
+        except OSError as e:
+            if problems is not None:
+                problems.append(ScanProblem(path, f"cannot stat ({e.strerror})"))
+            continue
+        yield FileInfo(Path(path).as_posix(), stat.st_size, stat.st_mtime_ns)
 
 
 def _excluded(path: str, name: str, patterns: Sequence[str]) -> bool:

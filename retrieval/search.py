@@ -16,12 +16,14 @@ from typing import Literal
 import numpy as np
 
 from index import vector_index
+from index.catalog import TEXT
 from index.collection import Collection, find_collection
 from index.manifest import ModelIdentity
 
 from .errors import ImageReadError, QueryError
 from .images import IMAGE_EXTENSIONS, load_image
 from .models import Encoder, load_encoder
+from .vocabulary import vocabulary
 
 TermKind = Literal["text", "image"]
 _WEIGHT = re.compile(r"^(-?\d+(?:\.\d*)?|-?\.\d+):(.+)$", re.DOTALL)
@@ -34,6 +36,16 @@ class QueryTerm:
     value: str
     kind: TermKind
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """A text found for an image. id: the collection's text id (None for a vocabulary label)."""
+
+    rank: int
+    score: float
+    text: str
+    id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,38 @@ class Searcher:
                 continue
             path = self.collection.root / item.path
             hits.append(Hit(len(hits) + 1, int(item_id), float(score), path))
+        return hits
+
+    def describe(self, image: str | Path, *, k: int = 5, source: str = "auto") -> list[TextHit]:
+        """The k texts closest to an image file, best first.
+
+        source: 'texts' (the collection's own texts), 'vocabulary' (ImageNet's classes), or
+        'auto' (the collection's texts when it has any, else the vocabulary).
+        """
+        if k < 1:
+            raise QueryError(f"-k must be at least 1, not {k}")
+        if source not in ("auto", "texts", "vocabulary"):
+            raise QueryError(f"unknown source {source!r}; use auto, texts or vocabulary")
+        query = self.encode_image_files([Path(image)])[0]
+        has_texts = self.collection.catalog.count_texts() > 0
+        if source == "texts" or (source == "auto" and has_texts):
+            if not has_texts:
+                raise QueryError(
+                    "the collection holds no texts; add some with `retrieval add-texts`"
+                )
+            return self._describe_from_texts(query, k)
+        names, vectors = vocabulary(self.encoder)
+        scores = vectors @ query
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [TextHit(r + 1, float(scores[i]), names[i]) for r, i in enumerate(best)]
+
+    def _describe_from_texts(self, query: np.ndarray, k: int) -> list[TextHit]:
+        scores, ids = vector_index.search(self.collection.faiss_index(TEXT), query[None, :], k)
+        texts = self.collection.catalog.texts_by_ids(i for i in ids[0] if i >= 0)
+        hits = []
+        for score, text_id in zip(scores[0], ids[0], strict=True):
+            if int(text_id) in texts:
+                hits.append(TextHit(len(hits) + 1, float(score), texts[int(text_id)], int(text_id)))
         return hits
 
     def relative_prefix(self, under: str | Path) -> str:
