@@ -83,11 +83,14 @@ def index_folder(
     progress: ProgressCallback | None = None,
     encoder: Encoder | None = None,
     paths: Sequence[str] | None = None,
+    draft: bool = True,
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
 
     paths: index exactly these files (relative to root) instead of scanning the folder; the
     collection then holds only them (a dataset's images among other files, say).
+    draft: decode large JPEGs at a reduced DCT scale (fast); False decodes every pixel, as
+    open_clip's reference preprocessing does (benchmarks that must match published numbers).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs
@@ -134,7 +137,7 @@ def index_folder(
         return encoder
 
     with collection, collection.locked():
-        run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress)
+        run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress, draft)
         try:
             return run.execute(exclude, paths)
         except KeyboardInterrupt:
@@ -152,8 +155,10 @@ class _IndexRun:
         batch_size: int,
         workers: int | None,
         progress: ProgressCallback | None,
+        draft: bool = True,
     ) -> None:
         self.collection = collection
+        self.draft = draft
         self.catalog = collection.catalog
         self.root = root
         self.get_encoder = get_encoder
@@ -211,7 +216,7 @@ class _IndexRun:
             self.root,
             todo,
             prepare=encoder.prepare,
-            min_side=encoder.min_side,
+            min_side=encoder.min_side if self.draft else None,
             known_hashes=frozenset(self.by_hash),
             workers=self.workers,
             # Two batches ahead: the next batch is ready when the model finishes this one.
