@@ -82,10 +82,15 @@ class Catalog:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
                 schema = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if schema != len(MIGRATIONS):
+                if schema < len(MIGRATIONS):
+                    # An older catalog: upgrade it once through a writing connection.
+                    self._db.close()
+                    Catalog(self.path).close()
+                    self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+                elif schema > len(MIGRATIONS):
                     raise CorruptCollection(
-                        f"{self.path} has catalog schema {schema}, this retrieval reads "
-                        f"{len(MIGRATIONS)}; run `retrieval index` with this version to upgrade it"
+                        f"{self.path} was written by a newer version of retrieval (schema "
+                        f"{schema}); upgrade retrieval to use it"
                     )
             else:
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)

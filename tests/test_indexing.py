@@ -185,3 +185,22 @@ def test_an_old_catalog_row_never_lends_its_id(root, encoder):
     catalog = Catalog(default_dir(root) / "catalog.sqlite", readonly=True)
     assert catalog.get(old_id) is None
     catalog.close()
+
+
+def test_a_catalog_of_an_older_schema_is_upgraded_on_open(root, encoder):
+    import sqlite3
+
+    from index.catalog import MIGRATIONS
+
+    run(root, encoder)
+    path = default_dir(root) / "catalog.sqlite"
+    with sqlite3.connect(path) as db:  # undo the newest migration by hand
+        db.execute("DROP TABLE texts")
+        db.execute("DELETE FROM meta WHERE key LIKE 'text_%'")
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    db.close()
+    info = collection_info(default_dir(root))  # a read-only command
+    assert (info.images, info.texts) == (5, 0)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    db.close()
