@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint bench clean
+.PHONY: install test demo bench clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -20,6 +20,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Offline: trains a small model on synthetic pictures, then indexes, searches and benchmarks.
+demo: $(STAMP)
+	$(BIN)/retrieval demo --out demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/indexing.py

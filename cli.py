@@ -321,6 +321,134 @@ def _parse_ks(values: list[str]) -> list[int]:
     return ks
 
 
+@app.command("train")
+def train_command(
+    dataset: str = typer.Argument(..., help="synthetic[:N], a Karpathy-split JSON, or a CSV/TSV."),
+    out: Path = typer.Option(..., "--out", help="Where the trained model is saved (local-dir)."),
+    model: str = typer.Option(
+        "ViT-B-32",
+        "--model",
+        help="Weights to fine-tune (a name, hf-hub:, local-dir:), or a JSON architecture config "
+        "to train from scratch.",
+    ),
+    pretrained: str | None = typer.Option(
+        None, "--pretrained", help="Tag for --model; none trains the architecture from scratch."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=2),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate."),
+    warmup: int = typer.Option(100, "--warmup", min=0, help="Warm-up steps."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    lock_image: bool = typer.Option(False, "--lock-image", help="Freeze the image tower (LiT)."),
+    lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
+    loss: str = typer.Option("clip", "--loss", help="clip (InfoNCE) or siglip (sigmoid)."),
+    precision: str = PrecisionOption,
+    split: str = typer.Option("train", "--split", help="The dataset split to train on."),
+    val_split: float = typer.Option(
+        0.1, "--val-split", help="Share of the images held out for validation recall."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOption,
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Decoding threads."),
+    images_dir: Path | None = typer.Option(None, "--images-dir"),
+    checkpoint_every: int = typer.Option(
+        0, "--checkpoint-every", min=0, help="Also save the resumable state every N steps."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Go on from OUT's last checkpoint."),
+) -> None:
+    """Train the towers contrastively: from scratch, or fine-tuning open_clip weights."""
+    from retrieval.datasets import load_dataset
+    from retrieval.training import TrainConfig, train
+
+    with user_errors():
+        if epochs is None and steps is None:
+            epochs = 1
+        config = TrainConfig(
+            out=out, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+            weight_decay=weight_decay, lock_image=lock_image, lock_text=lock_text, loss=loss,
+            precision=precision, val_split=val_split, seed=seed, device=device, workers=workers,
+            checkpoint_every=checkpoint_every, resume=resume, **_training_model(model, pretrained),
+        )  # fmt: skip
+        data = load_dataset(dataset, split=split, images_dir=images_dir)
+        report = train(data, config, _training_progress())
+    best = report.best_recall.get("text_to_image", {})
+    print(
+        f"trained {report.steps} steps in {report.seconds:.0f} s; best epoch {report.best_epoch}"
+        + (f", validation text->image R@1/5/10 {_percent(best)}" if best else "")
+    )
+    print(f"saved to {out} (use it with --model local-dir:{out})")
+
+
+def _training_model(model: str, pretrained: str | None) -> dict[str, Any]:
+    from retrieval.errors import RetrievalError
+    from retrieval.models import model_identity
+
+    if model.endswith(".json"):
+        path = Path(model).expanduser()
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RetrievalError(f"{path}: not a readable JSON architecture config ({e})") from e
+        return {"model_cfg": config.get("model_cfg", config)}
+    return {"model": model_identity(model, pretrained)}
+
+
+def _training_progress() -> Any:
+    def show(event: Any) -> None:
+        if event.phase == "step" and (event.step % 10 == 0 or event.step == event.total_steps):
+            err.print(
+                f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
+                f"temperature {event.temperature:.4f}  {event.images_per_second:.0f} images/s",
+                markup=False,
+            )
+        elif event.phase == "eval" and event.recall:
+            when = "before training" if event.epoch == 0 else f"after epoch {event.epoch}"
+            err.print(
+                f"validation recall {when}: text->image "
+                f"{_percent(event.recall['text_to_image'])}, image->text "
+                f"{_percent(event.recall['image_to_text'])} (R@1/5/10)",
+                markup=False,
+            )
+
+    return show
+
+
+def _percent(recalls: dict[int, float]) -> str:
+    return "/".join(f"{100 * v:.1f}" for _, v in sorted(recalls.items()))
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("demo"), "--out", help="Where the demo leaves its work."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+) -> None:
+    """Offline demonstration: train a small model, index, search, describe, benchmark."""
+    from retrieval.demo import run_demo
+
+    with user_errors():
+        report = run_demo(out, epochs=epochs, progress=_training_progress(),
+                          say=lambda line: err.print(line, markup=False))  # fmt: skip
+    for query, picture, hits in report.searches:
+        print(f'\nretrieval search "{query}"   (written for {picture.name})')
+        for hit in hits:
+            mark = "  <- the picture it describes" if hit.path == picture else ""
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}{mark}")
+    for picture, texts in report.descriptions:
+        print(f"\nretrieval describe {picture}")
+        for text in texts:
+            print(f"{text.rank:>3}  {text.score:.4f}  {text.text}")
+    if report.recall:
+        recall = report.recall
+        print(f"\nrecall@k on {recall.images} held-out pictures, {recall.texts} captions:")
+        print(f"  text->image R@1/5/10: {_percent(recall.text_to_image)}")
+        print(f"  image->text R@1/5/10: {_percent(recall.image_to_text)}")
+    print(
+        f"\nthe model is in {report.out / 'model'}, the collection in {report.out / 'collection'}; "
+        f'go on with:\n  retrieval search "a big red star" --index {report.out / "collection"}'
+    )
+
+
 @app.command("info")
 def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -> None:
     """Show a collection's model, counts, skipped files and size on disk."""

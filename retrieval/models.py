@@ -170,7 +170,14 @@ def load_encoder(
         precision = "bf16" if device.startswith("cuda") else "fp32"
     if precision not in ("fp32", "bf16"):
         raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
-    model, preprocess = _create(identity)
+    model, preprocess = create_model(identity)
+    return wrap_model(identity, model, preprocess, device=device, precision=precision)
+
+
+def wrap_model(
+    identity: ModelIdentity, model: Any, preprocess: Any, *, device: str, precision: str
+) -> Encoder:
+    """An Encoder around an open_clip model and its eval transform (device already resolved)."""
     model = model.to(device).eval()
     if device.startswith("cuda"):
         import torch
@@ -208,7 +215,8 @@ def _probe_dim(model: Any, device: str) -> int:
         return int(model.encode_image(torch.zeros(1, 3, *size, device=device)).shape[-1])
 
 
-def _create(identity: ModelIdentity) -> tuple[Any, Any]:
+def create_model(identity: ModelIdentity) -> tuple[Any, Any]:
+    """(open_clip model, its eval transform), or ModelLoadError naming the way out."""
     import open_clip
 
     name = identity.name
@@ -290,6 +298,16 @@ def create_untrained(model_cfg: dict[str, Any], folder: Path, *, seed: int = 0) 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
     return save_local_dir(model, model_cfg, folder)
+
+
+def model_config(identity: ModelIdentity) -> dict[str, Any]:
+    """The open_clip architecture config (`model_cfg`) of a model, to save it with its weights."""
+    import open_clip
+
+    config = open_clip.get_model_config(identity.name)
+    if config is None:
+        raise ModelLoadError(f"model {identity}: no open_clip config found for it")
+    return dict(config)
 
 
 def save_local_dir(
