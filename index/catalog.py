@@ -162,16 +162,17 @@ class Catalog:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
         return Item(*row) if row else None
 
-    def by_ids(self, ids: Iterable[int]) -> dict[int, Item]:
-        ids = [int(i) for i in ids]
-        found: dict[int, Item] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+    def _where_in(self, select: str, column: str, values: Iterable[object]) -> Iterator[tuple]:
+        """Rows of `select ... WHERE column IN (values)`, in chunks SQLite accepts."""
+        values = list(dict.fromkeys(values))
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})"
-            for row in self._db.execute(query, chunk):
-                found[row[0]] = Item(*row)
-        return found
+            yield from self._db.execute(f"{select} WHERE {column} IN ({marks})", chunk)
+
+    def by_ids(self, ids: Iterable[int]) -> dict[int, Item]:
+        rows = self._where_in(f"SELECT {_COLUMNS} FROM items", "id", (int(i) for i in ids))
+        return {row[0]: Item(*row) for row in rows}
 
     def vector_rows(self, kind: str = IMAGE) -> tuple[list[int], list[int]]:
         """(ids, rows) of every image (or text) that has an embedding, ordered by id."""
@@ -185,24 +186,10 @@ class Catalog:
 
     def text_ids(self, texts: Iterable[str]) -> dict[str, int]:
         """The ids of those texts that the catalog already holds."""
-        texts = list(dict.fromkeys(texts))
-        found: dict[str, int] = {}
-        for start in range(0, len(texts), 500):
-            chunk = texts[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT text, id FROM texts WHERE text IN ({marks})"
-            found.update(self._db.execute(query, chunk).fetchall())
-        return found
+        return dict(self._where_in("SELECT text, id FROM texts", "text", texts))
 
     def texts_by_ids(self, ids: Iterable[int]) -> dict[int, str]:
-        ids = [int(i) for i in ids]
-        found: dict[int, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, text FROM texts WHERE id IN ({marks})"
-            found.update(self._db.execute(query, chunk).fetchall())
-        return found
+        return dict(self._where_in("SELECT id, text FROM texts", "id", (int(i) for i in ids)))
 
     def count_texts(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
