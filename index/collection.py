@@ -6,13 +6,13 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from . import vector_index
+from . import ann, vector_index
 from .catalog import IMAGE, TEXT, Catalog
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
 from .manifest import Manifest, ModelIdentity
@@ -202,22 +202,132 @@ class Collection:
         return np.asarray(ids, dtype=np.int64), self.stores[kind].read(rows), version
 
     def faiss_index(self, kind: str = IMAGE) -> faiss.Index:
-        """The FAISS index of the committed images (or texts): the saved one if it is current,
-        else one rebuilt from the stored embeddings (and saved, when holding the lock)."""
+        """The FAISS index of the committed images (or texts).
+
+        The saved index when it is current; otherwise the saved one brought up to date in place
+        (catalog ids are never reused, so the id sets' difference is the change), or rebuilt when
+        it cannot be updated or the automatic choice has moved on. Saved when holding the lock.
+        """
         space = _SPACES[kind]
         path = self.dir / space.faiss_index
-        saved_version = getattr(Manifest.read(self.dir / MANIFEST), space.manifest_version)
-        if saved_version == self.catalog.version_of(kind) and path.is_file():
+        saved = Manifest.read(self.dir / MANIFEST)
+        if (
+            getattr(saved, space.manifest_version) == self.catalog.version_of(kind)
+            and path.is_file()
+        ):
             return vector_index.load(path)
         ids, vectors, version = self.vectors(kind)
-        index = vector_index.build(self.manifest.factory, vectors, ids, dim=self.manifest.dim)
+        index = self._updated(kind, path, ids, vectors)
+        if index is None:
+            index = self._rebuilt(kind, ids, vectors)
         if self._lock_fd is not None:
-            vector_index.save(index, path)
-            # The manifest is written after the index: a crash in between leaves it stale, never
-            # wrong.
-            setattr(self.manifest, space.manifest_version, version)
-            self.manifest.write(self.dir / MANIFEST)
+            self._save(kind, index, version)
         return index
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        kind: str = IMAGE,
+        allowed_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best (scores float32 (q, k), ids int64 (q, k)) for queries float32 (q, d).
+
+        allowed_ids restricts the results to those ids. When they are few and the index is
+        approximate, they are scored exactly instead: an IVF index probes only some lists, and
+        a narrow filter would leave most of them empty.
+        """
+        index = self.faiss_index(kind)
+        params = self.manifest.search_params if kind == IMAGE else {}
+        few = allowed_ids is not None and len(allowed_ids) <= ann.EXACT_LIMIT
+        if few and ann.depth_parameter(index) is not None:
+            return self._exact_subset(queries, k, kind, np.asarray(allowed_ids, dtype=np.int64))
+        return vector_index.search(index, queries, k, allowed_ids, params)
+
+    def _exact_subset(
+        self, queries: np.ndarray, k: int, kind: str, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids, rows = self.catalog.vector_rows(kind)
+        row_of = dict(zip(ids, rows, strict=True))
+        allowed = np.array([i for i in allowed.tolist() if i in row_of], dtype=np.int64)
+        vectors = self.stores[kind].read([row_of[i] for i in allowed.tolist()])
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.manifest.dim))
+        if len(allowed):
+            index.add_with_ids(vectors, allowed)
+        return vector_index.search(index, queries, k)
+
+    def _factory(self, kind: str, n: int) -> str:
+        if kind == TEXT:
+            return "Flat"
+        if self.manifest.auto_index:
+            return ann.choose_factory(n, self.manifest.dim, self.manifest.memory_budget).factory
+        return self.manifest.factory
+
+    def _updated(
+        self, kind: str, path: Path, ids: np.ndarray, vectors: np.ndarray
+    ) -> faiss.Index | None:
+        built = "Flat" if kind == TEXT else self.manifest.factory
+        if not path.is_file() or self._factory(kind, len(ids)) != built:
+            return None
+        index = vector_index.load(path)
+        held = vector_index.index_ids(index)
+        gone = np.setdiff1d(held, ids)
+        if gone.size and not ann.supports_removal(index):
+            return None
+        if gone.size:
+            index.remove_ids(gone)
+        new = ~np.isin(ids, held)
+        if new.any():
+            index.add_with_ids(vectors[new], ids[new])
+        return index
+
+    def _rebuilt(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+        factory = self._factory(kind, len(ids))
+        try:
+            index = ann.build(factory, vectors, ids, dim=self.manifest.dim)
+        except (ValueError, RuntimeError) as e:
+            raise CollectionError(f"cannot build a {factory} index in {self.dir}: {e}") from e
+        if kind == IMAGE:
+            tuning = ann.tune(index, vectors, ids, target_recall=self.manifest.target_recall)
+            self.manifest.factory = factory
+            self.manifest.search_params = tuning.search_params()
+            self.manifest.tuning = asdict(tuning)
+            self.manifest.index_updates = "in place" if ann.supports_removal(index) else "rebuilt"
+        return index
+
+    def _save(self, kind: str, index: faiss.Index, version: int) -> None:
+        space = _SPACES[kind]
+        vector_index.save(index, self.dir / space.faiss_index)
+        # The manifest is written after the index: a crash in between leaves it stale, never wrong.
+        setattr(self.manifest, space.manifest_version, version)
+        self.manifest.write(self.dir / MANIFEST)
+
+    def reindex(
+        self,
+        factory: str | None = None,
+        *,
+        memory_budget: int | None = None,
+        target_recall: float | None = None,
+    ) -> ann.Tuning:
+        """Rebuild the image index from the stored embeddings, encoding nothing.
+
+        factory: a FAISS factory string, or None to choose one from the size and memory_budget
+        (and keep choosing as the collection grows). The search depth is tuned to the smallest
+        value reaching target_recall (default: the collection's, 0.95) against exact search.
+        """
+        if self._lock_fd is None:
+            raise CollectionError("reindex() needs the collection's lock")
+        self.manifest.auto_index = factory is None
+        self.manifest.memory_budget = memory_budget
+        if target_recall is not None:
+            self.manifest.target_recall = target_recall
+        if factory is not None:
+            self.manifest.factory = factory
+        ids, vectors, version = self.vectors(IMAGE)
+        index = self._rebuilt(IMAGE, ids, vectors)
+        self._save(IMAGE, index, version)
+        return ann.Tuning(**self.manifest.tuning)
 
     def sync_index(self, kind: str = IMAGE) -> None:
         """Bring the saved FAISS index up to the catalog (the writer calls this)."""

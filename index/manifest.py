@@ -41,6 +41,17 @@ class Manifest:
     """The catalog's image version the saved FAISS index reflects; -1 when there is none."""
     text_index_version: int = -1
     """Likewise for the FAISS index of the collection's texts."""
+    auto_index: bool = True
+    """Choose the image index's factory from the collection's size as it grows."""
+    memory_budget: int | None = None
+    """Bytes the image index may use (None: no limit); drives the automatic choice."""
+    target_recall: float = 0.95
+    search_params: dict[str, int] = field(default_factory=dict)
+    """The tuned search depth ({"nprobe": 16}), passed with every search of the image index."""
+    tuning: dict[str, Any] = field(default_factory=dict)
+    """What tuning measured: recall@k against exact search, queries, ms per query."""
+    index_updates: str = "in place"
+    """How the image index follows changes: 'in place' (add and remove) or 'rebuilt'."""
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:

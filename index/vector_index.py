@@ -7,21 +7,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from . import ann
 from .atomic import write_with_atomic
 from .errors import CorruptCollection
-
-
-def build(factory: str, vectors: np.ndarray, ids: np.ndarray, *, dim: int) -> faiss.Index:
-    """An inner-product index over vectors (n, dim) float32, keyed by int64 ids (n,)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    index = faiss.IndexIDMap2(inner)
-    if not inner.is_trained and len(vectors):
-        index.train(vectors)
-    if len(vectors):
-        index.add_with_ids(vectors, ids)
-    return index
 
 
 def search(
@@ -29,19 +17,27 @@ def search(
     queries: np.ndarray,
     k: int,
     allowed_ids: np.ndarray | None = None,
+    params: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best (scores, ids) for each query: float32 (q, k) and int64 (q, k).
 
-    allowed_ids restricts the search to those ids (an IDSelector passed for this call only).
-    Missing results (fewer than k candidates) have id -1.
+    allowed_ids restricts the search to those ids, and params sets the search depth
+    ({"nprobe": 16}); both are passed for this call only. Missing results have id -1.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, max(index.ntotal, 1)))
-    if allowed_ids is None:
+    selector = None
+    if allowed_ids is not None:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+    search_params = ann.search_parameters(index, params, selector)
+    if search_params is None:
         return index.search(queries, k)
-    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-    params = faiss.SearchParameters(sel=selector)
-    return index.search(queries, k, params=params)
+    return index.search(queries, k, params=search_params)
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """The ids an IDMap2 index holds: int64 (ntotal,)."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
 
 
 def save(index: faiss.Index, path: Path) -> None:

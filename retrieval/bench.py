@@ -189,9 +189,10 @@ def _measure(
         image_index = collection.faiss_index()
         text_index = collection.faiss_index(TEXT)
         factory = collection.manifest.factory
+        params = collection.manifest.search_params
     # One batched call per direction, as the field's benchmarks search.
     clock = time.perf_counter()
-    _, found_images = vector_index.search(image_index, encoded.text_vectors, depth)
+    _, found_images = vector_index.search(image_index, encoded.text_vectors, depth, params=params)
     elapsed = time.perf_counter() - clock
     _, found_texts = vector_index.search(text_index, encoded.image_vectors, depth)
     # A caption text may be shared by several images; a hit is any text of the image's own.

@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 
-from index import vector_index
 from index.catalog import TEXT
 from index.collection import Collection, find_collection
 from index.manifest import ModelIdentity
@@ -188,10 +187,7 @@ class Searcher:
             allowed = np.asarray(catalog.ids_under(self.relative_prefix(under)), dtype=np.int64)
             if allowed.size == 0:
                 return []
-        index = self.collection.faiss_index()
-        if index.ntotal == 0:
-            return []
-        scores, ids = vector_index.search(index, query[None, :], k, allowed)
+        scores, ids = self.collection.search(query[None, :], k, allowed_ids=allowed)
         found = catalog.by_ids(i for i in ids[0] if i >= 0)
         hits = []
         for score, item_id in zip(scores[0], ids[0], strict=True):
@@ -226,7 +222,7 @@ class Searcher:
         return [TextHit(r + 1, float(scores[i]), names[i]) for r, i in enumerate(best)]
 
     def _describe_from_texts(self, query: np.ndarray, k: int) -> list[TextHit]:
-        scores, ids = vector_index.search(self.collection.faiss_index(TEXT), query[None, :], k)
+        scores, ids = self.collection.search(query[None, :], k, kind=TEXT)
         texts = self.collection.catalog.texts_by_ids(i for i in ids[0] if i >= 0)
         hits = []
         for score, text_id in zip(scores[0], ids[0], strict=True):
