@@ -449,39 +449,115 @@ def demo_command(
     )
 
 
-@app.command("info")
-def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -> None:
-    """Show a collection's model, counts, skipped files and size on disk."""
-    from retrieval.info import collection_info
+@app.command("reindex")
+def reindex_command(
+    factory: str | None = typer.Option(
+        None, "--factory", help='A FAISS factory string: "Flat", "IVF1024,Flat", "HNSW32"...'
+    ),
+    auto: bool = typer.Option(
+        False, "--auto", help="Choose from the size and memory budget (the default)."
+    ),
+    memory: str | None = typer.Option(
+        None, "--memory", help="Memory budget for the index: bytes, or 512M, 4G..."
+    ),
+    target_recall: float | None = typer.Option(
+        None, "--target-recall", help="Recall@10 against exact search to tune for (0.95)."
+    ),
+    index: Path | None = IndexOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Rebuild the image index from the stored embeddings (nothing is encoded again)."""
+    from retrieval.errors import RetrievalError
+    from retrieval.indexer import reindex
 
     with user_errors():
-        info = collection_info(index)
-    data = {
+        if auto and factory:
+            raise RetrievalError("give --factory or --auto, not both")
+        tuning = reindex(index, factory=factory, memory_budget=_bytes(memory),
+                         target_recall=target_recall)  # fmt: skip
+        info = _info_dict(index)
+    if as_json:
+        emit_json(info)
+        return
+    depth = f", {tuning.parameter} {tuning.value}" if tuning.parameter else ""
+    print(
+        f"built {info['factory']}{depth}: recall@{tuning.k} {tuning.recall:.3f} against exact "
+        f"search, {tuning.ms_per_query:.2f} ms per query, {_human_bytes(info['index_bytes'])}"
+    )
+
+
+def _bytes(text: str | None) -> int | None:
+    from retrieval.errors import RetrievalError
+
+    if text is None:
+        return None
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError as e:
+        raise RetrievalError(f"--memory {text}: give bytes, or a size like 512M or 4G") from e
+
+
+@app.command("info")
+def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -> None:
+    """Show a collection's model, index, counts, skipped files and size on disk."""
+    with user_errors():
+        data = _info_dict(index)
+    if as_json:
+        emit_json(data)
+        return
+    tuning = data["tuning"]
+    depth = ", ".join(f"{k} {v}" for k, v in data["search_params"].items())
+    measured = (
+        f"; recall@{tuning['k']} {tuning['recall']:.3f} against exact, "
+        f"{tuning['ms_per_query']:.2f} ms per query"
+        if tuning
+        else ""
+    )
+    print(f"collection  {data['collection']}")
+    print(f"root        {data['root']}")
+    print(
+        f"model       {data['model']}" + (f" ({data['pretrained']})" if data["pretrained"] else "")
+    )
+    print(f"embeddings  {data['dim']}-d {data['embedding_dtype']}")
+    print(
+        f"index       {data['factory']}" + (" (chosen automatically)" if data["auto_index"] else "")
+        + (f", {depth}" if depth else "") + measured
+        + f"; {_human_bytes(data['index_bytes'])}, updated {data['index_updates']}"
+    )  # fmt: skip
+    print(f"images      {data['images']}")
+    print(f"texts       {data['texts']}")
+    print(f"size        {_human_bytes(data['bytes_on_disk'])}")
+    print(f"skipped     {len(data['skipped'])}")
+    for skipped in data["skipped"]:
+        print(f"  {skipped['path']}: {skipped['error']}")
+
+
+def _info_dict(index: Path | None) -> dict[str, Any]:
+    from retrieval.info import collection_info
+
+    info = collection_info(index)
+    return {
         "collection": str(info.directory),
         "root": str(info.root),
         "model": info.model.name,
         "pretrained": info.model.pretrained,
         "dim": info.dim,
         "factory": info.factory,
+        "auto_index": info.auto_index,
+        "search_params": info.search_params,
+        "tuning": info.tuning,
+        "index_bytes": info.index_bytes,
+        "index_updates": info.index_updates,
         "embedding_dtype": info.embedding_dtype,
         "images": info.images,
         "texts": info.texts,
         "skipped": [{"path": s.path, "error": s.error} for s in info.skipped],
         "bytes_on_disk": info.bytes_on_disk,
     }
-    if as_json:
-        emit_json(data)
-        return
-    print(f"collection  {info.directory}")
-    print(f"root        {info.root}")
-    print(f"model       {info.model}")
-    print(f"embeddings  {info.dim}-d {info.embedding_dtype}, FAISS {info.factory}")
-    print(f"images      {info.images}")
-    print(f"texts       {info.texts}")
-    print(f"size        {_human_bytes(info.bytes_on_disk)}")
-    print(f"skipped     {len(info.skipped)}")
-    for skipped in info.skipped:
-        print(f"  {skipped.path}: {skipped.error}")
 
 
 @contextlib.contextmanager

@@ -78,8 +78,17 @@ def ivf_lists(n: int) -> int:
 
 def training_size(factory: str, n: int) -> int:
     """How many vectors to train on: 64 per IVF list (faiss warns below 39), at most n."""
-    lists = next((int(part[3:]) for part in factory.split(",") if part.startswith("IVF")), 0)
+    lists = _list_count(factory)
     return min(n, max(64 * lists, 10_000)) if lists else 0
+
+
+def _list_count(factory: str) -> int:
+    """The number of IVF lists a factory string asks for (0 if none)."""
+    for part in factory.split(","):
+        digits = "".join(c for c in part.removeprefix("IVF").split("_")[0] if c.isdigit())
+        if part.startswith("IVF") and digits:
+            return int(digits)
+    return 0
 
 
 def build(
@@ -91,11 +100,20 @@ def build(
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    index = faiss.IndexIDMap2(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+    try:
+        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError("FAISS cannot parse this factory string (try Flat, IVF1024,Flat, "
+                         "IVF1024,PQ64 or HNSW32)") from e  # fmt: skip
+    index = faiss.IndexIDMap2(inner)
     if not index.is_trained:
+        lists = _list_count(factory)
+        if len(vectors) < max(lists, 1):
+            raise ValueError(
+                f"it needs at least {max(lists, 1):,} vectors to train on and there are "
+                f"{len(vectors):,}; choose fewer lists or --auto"
+            )
         sample = training_size(factory, len(vectors)) or len(vectors)
-        if len(vectors) < max(sample, 1) or len(vectors) == 0:
-            raise ValueError(f"{factory} needs at least {sample} vectors to train on")
         rows = np.random.default_rng(seed).choice(len(vectors), size=sample, replace=False)
         index.train(vectors[np.sort(rows)])
     if len(vectors):

@@ -287,7 +287,8 @@ class Collection:
         try:
             index = ann.build(factory, vectors, ids, dim=self.manifest.dim)
         except (ValueError, RuntimeError) as e:
-            raise CollectionError(f"cannot build a {factory} index in {self.dir}: {e}") from e
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CollectionError(f"cannot build index {factory} in {self.dir}: {reason}") from e
         if kind == IMAGE:
             tuning = ann.tune(index, vectors, ids, target_recall=self.manifest.target_recall)
             self.manifest.factory = factory

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from index.ann import Tuning
 from index.catalog import STATUS_OK, Item
-from index.collection import Collection, default_dir
+from index.collection import Collection, default_dir, find_collection
 from index.errors import CollectionError
 from index.manifest import ModelIdentity
 
@@ -67,6 +68,25 @@ class IndexReport:
     @property
     def images_per_second(self) -> float:
         return self.encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+
+def reindex(
+    collection_dir: Path | None = None,
+    *,
+    factory: str | None = None,
+    memory_budget: int | None = None,
+    target_recall: float | None = None,
+) -> Tuning:
+    """Rebuild a collection's image index from its stored embeddings; no image is encoded.
+
+    factory: a FAISS factory string ("IVF1024,Flat", "HNSW32", ...), or None to choose one from
+    the collection's size and memory_budget (bytes) and to keep choosing as it grows.
+    """
+    if target_recall is not None and not 0 < target_recall <= 1:
+        raise RetrievalError(f"--target-recall must be in (0, 1], not {target_recall}")
+    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
+    with Collection.open(directory) as collection, collection.locked():
+        return collection.reindex(factory, memory_budget=memory_budget, target_recall=target_recall)
 
 
 def index_folder(

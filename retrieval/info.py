@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from index.collection import Collection, find_collection
+from index.collection import FAISS_INDEX, Collection, find_collection
 from index.manifest import ModelIdentity
 
 from .indexer import SkippedFile
@@ -22,6 +23,12 @@ class CollectionInfo:
     images: int
     texts: int
     bytes_on_disk: int
+    index_bytes: int = 0
+    auto_index: bool = True
+    search_params: dict[str, int] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    """recall (recall@k against exact search), k, queries, ms_per_query; empty until tuned."""
+    index_updates: str = "in place"
     skipped: list[SkippedFile] = field(default_factory=list)
 
 
@@ -45,5 +52,17 @@ def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
             images=stats.images,
             texts=stats.texts,
             bytes_on_disk=stats.bytes_on_disk,
+            index_bytes=_size(collection.dir / FAISS_INDEX),
+            auto_index=manifest.auto_index,
+            search_params=dict(manifest.search_params),
+            tuning=dict(manifest.tuning),
+            index_updates=manifest.index_updates,
             skipped=skipped,
         )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -94,6 +94,23 @@ def test_info_json(indexed):
     assert info["bytes_on_disk"] > 0
 
 
+def test_reindex_builds_another_index_and_info_shows_it(indexed, tmp_path):
+    collection = indexed / ".retrieval"
+    process = cli("reindex", "--factory", "IVF2,Flat", "--target-recall", "0.9", "--json",
+                  "--index", str(collection))  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    (info,) = json_lines(process.stdout)
+    assert info["factory"] == "IVF2,Flat" and info["auto_index"] is False
+    assert set(info["search_params"]) == {"nprobe"}
+    assert info["tuning"]["recall"] >= 0.9 and info["index_bytes"] > 0
+    search = cli("search", "x", "--json", "--index", str(collection))
+    assert len(json_lines(search.stdout)) == 4
+    bad = cli("reindex", "--factory", "IVF64,Flat", "--index", str(collection))
+    assert_one_line_error(bad, "at least 64 vectors")
+    back = cli("reindex", "--auto", "--index", str(collection), "--json")
+    assert json_lines(back.stdout)[0]["factory"] == "Flat"
+
+
 def test_the_index_environment_variable_names_the_collection(indexed, tmp_path):
     process = cli(
         "info", "--json", cwd=tmp_path, env={"RETRIEVAL_INDEX": str(indexed / ".retrieval")}
