@@ -31,7 +31,12 @@ IndexOption = typer.Option(None, "--index", envvar="RETRIEVAL_INDEX", help=INDEX
 JsonOption = typer.Option(False, "--json", help="Print JSON objects, one per line.")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 PrecisionOption = typer.Option(
-    "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."
+    "auto",
+    "--precision",
+    help="torch: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16; onnx: auto (fp32), fp32, int8.",
+)
+BackendOption = typer.Option(
+    "torch", "--backend", help="torch, or onnx (CPU; towers exported and cached on first use)."
 )
 
 
@@ -80,6 +85,7 @@ def index_command(
     ),
     device: str = DeviceOption,
     precision: str = PrecisionOption,
+    backend: str = BackendOption,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Decoding threads (default: one per core)."
@@ -115,6 +121,7 @@ def index_command(
             workers=workers,
             exclude=exclude,
             progress=on_progress,
+            backend=backend,
         )
     summary = {
         "root": str(report.root),
@@ -172,6 +179,8 @@ def search_command(
     ),
     pretrained: str | None = typer.Option(None, "--pretrained", help="Tag for --model."),
     device: str = DeviceOption,
+    backend: str = BackendOption,
+    precision: str = PrecisionOption,
     paths: bool = typer.Option(False, "--paths", help="Print only paths, one per line."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -180,7 +189,10 @@ def search_command(
 
     with user_errors():
         terms = parse_query(texts or [], image, negative)
-        with Searcher.open(index, model=_model(model, pretrained), device=device) as searcher:
+        with Searcher.open(
+            index, model=_model(model, pretrained), device=device, backend=backend,
+            precision=precision,
+        ) as searcher:  # fmt: skip
             hits = searcher.search(terms, k=k, under=under, min_score=min_score)
     for hit in hits:
         if as_json:
@@ -202,6 +214,7 @@ def add_texts_command(
     ),
     index: Path | None = IndexOption,
     device: str = DeviceOption,
+    backend: str = BackendOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Add texts to a collection, for `retrieval describe` (image-to-text)."""
@@ -213,6 +226,7 @@ def add_texts_command(
             read_texts(file, column),
             collection_dir=index,
             device=device,
+            backend=backend,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if as_json:
@@ -232,12 +246,17 @@ def describe_command(
     ),
     index: Path | None = IndexOption,
     device: str = DeviceOption,
+    backend: str = BackendOption,
+    precision: str = PrecisionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """The texts that best describe an image: the collection's own, or a built-in vocabulary."""
     from retrieval.search import Searcher
 
-    with user_errors(), Searcher.open(index, device=device) as searcher:
+    with (
+        user_errors(),
+        Searcher.open(index, device=device, backend=backend, precision=precision) as searcher,
+    ):
         hits = searcher.describe(image, k=k, source=source)
     for hit in hits:
         if as_json:
@@ -268,6 +287,8 @@ def bench_command(
         None, "--out", help="Keep the collection, recall.json, recall.png and the embeddings here."
     ),
     device: str = DeviceOption,
+    backend: str = BackendOption,
+    precision: str = PrecisionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Recall@k of a model on a captioned dataset, exactly and through the FAISS index."""
@@ -285,6 +306,8 @@ def bench_command(
             batch_size=batch_size,
             ks=cutoffs,
             out=out,
+            backend=backend,
+            precision=precision,
         )
     if as_json:
         emit_json(report.to_json())
@@ -447,6 +470,34 @@ def demo_command(
         f"\nthe model is in {report.out / 'model'}, the collection in {report.out / 'collection'}; "
         f'go on with:\n  retrieval search "a big red star" --index {report.out / "collection"}'
     )
+
+
+@app.command("export")
+def export_command(
+    model: str | None = typer.Option(
+        None, "--model", help="The model to export (default: the collection's, or ViT-B-32)."
+    ),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Tag for --model."),
+    precision: list[str] = typer.Option(
+        ["fp32"], "--precision", help="fp32 and/or int8 (repeat for both)."
+    ),
+    index: Path | None = typer.Option(
+        None, "--index", envvar="RETRIEVAL_INDEX", help="Export the model of this collection."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Export a model's towers to ONNX (checked against PyTorch) for --backend onnx."""
+    from retrieval.onnx_backend import export_model
+
+    with user_errors():
+        results = [export_model(_model(model, pretrained), p, index) for p in precision]
+    for result in results:
+        if as_json:
+            emit_json(result)
+        else:
+            cosines = ", ".join(f"{k} {v:.6f}" for k, v in result["min_cosine_to_torch"].items())
+            print(f"{result['model']} {result['precision']}: {result['folder']} "
+                  f"(cosine to PyTorch: {cosines})")  # fmt: skip
 
 
 @app.command("reindex")

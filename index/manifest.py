@@ -51,6 +51,12 @@ class Manifest:
     tuning: dict[str, Any] = field(default_factory=dict)
     """What tuning measured: recall@k against exact search, queries, ms per query."""
     index_updates: str = "in place"
+    weights_hash: str | None = None
+    """SHA-256 of the model's weights, computed once: the key of cached ONNX exports."""
+    backend: str = "torch"
+    """What encoded the stored embeddings: torch or onnx."""
+    precision: str = "fp32"
+    """...and at which precision (fp32, bf16, int8)."""
     """How the image index follows changes: 'in place' (add and remove) or 'rebuilt'."""
     version: int = MANIFEST_VERSION
 

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from index.manifest import ModelIdentity
 
 from .datasets import CaptionedDataset, DatasetError
 from .indexer import IndexProgress, index_folder
-from .models import DEFAULT_MODEL, Encoder, import_torch, load_encoder
+from .models import DEFAULT_MODEL, Encoder, load_encoder
 from .recall import (
     image_to_text_ranks,
     ranks_from_neighbours,
@@ -97,6 +98,8 @@ def run_benchmark(
     out: Path | None = None,
     encoder: Encoder | None = None,
     progress: Callable[[IndexProgress], None] | None = None,
+    backend: str = "torch",
+    precision: str = "auto",
 ) -> RecallReport:
     """Encode `dataset` into a collection (temporary, or out/collection) and measure recall@k.
 
@@ -108,7 +111,9 @@ def run_benchmark(
     if not ks or ks[0] < 1:
         raise DatasetError("every k must be at least 1")
     started = time.perf_counter()
-    encoder = encoder or load_encoder(model or DEFAULT_MODEL, device=device)
+    encoder = encoder or load_encoder(
+        model or DEFAULT_MODEL, device=device, backend=backend, precision=precision
+    )
     with tempfile.TemporaryDirectory(prefix="retrieval-bench-") as scratch:
         directory = Path(out) / "collection" if out else Path(scratch) / "collection"
         timings: dict[str, float] = {}
@@ -218,17 +223,18 @@ def _measure(
 
 
 def _environment(encoder: Encoder) -> dict[str, Any]:
-    torch = import_torch()
     device = encoder.device
-    if device.startswith("cuda"):
+    torch = sys.modules.get("torch")  # the onnx backend may run without it
+    if torch is not None and device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name(device)})"
     return {
         "device": device,
+        "backend": encoder.backend,
         "precision": encoder.precision,
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch is not None else None,
         "git_commit": _git_commit(),
     }
 

@@ -104,6 +104,7 @@ def index_folder(
     encoder: Encoder | None = None,
     paths: Sequence[str] | None = None,
     draft: bool = True,
+    backend: str = "torch",
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
 
@@ -111,6 +112,7 @@ def index_folder(
     collection then holds only them (a dataset's images among other files, say).
     draft: decode large JPEGs at a reduced DCT scale (fast); False decodes every pixel, as
     open_clip's reference preprocessing does (benchmarks that must match published numbers).
+    backend: torch, or onnx (CPU; precision fp32 or int8).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs
@@ -135,7 +137,7 @@ def index_folder(
     else:
         identity = model or DEFAULT_MODEL
         if encoder is None:
-            encoder = load_encoder(identity, device=device, precision=precision)
+            encoder = load_encoder(identity, device=device, precision=precision, backend=backend)
         collection = Collection.create(
             directory,
             root=root,
@@ -144,11 +146,20 @@ def index_folder(
             preprocess=encoder.preprocess_cfg,
             embedding_dtype=embedding_dtype,
         )
+        _remember_encoder(collection, encoder)
 
     def get_encoder() -> Encoder:
         nonlocal encoder
         if encoder is None:
-            encoder = load_encoder(collection.manifest.model, device=device, precision=precision)
+            encoder = load_encoder(
+                collection.manifest.model,
+                device=device,
+                precision=precision,
+                backend=backend,
+                weights_hash=collection.manifest.weights_hash,
+            )
+            if collection.manifest.weights_hash is None and encoder.backend == "torch":
+                _remember_encoder(collection, encoder)
         if encoder.dim != collection.manifest.dim:
             raise CollectionError(
                 f"model {encoder.identity} gives {encoder.dim}-d embeddings but the collection in "
@@ -164,6 +175,14 @@ def index_folder(
             # Whatever was committed stays; make the saved index match it before leaving.
             collection.sync_index()
             raise
+
+
+def _remember_encoder(collection: Collection, encoder: Encoder) -> None:
+    """Record in the manifest what encodes this collection: weights hash, backend, precision."""
+    manifest = collection.manifest
+    manifest.weights_hash = encoder.weights_hash
+    manifest.backend, manifest.precision = encoder.backend, encoder.precision
+    manifest.write(collection.dir / "manifest.json")
 
 
 class _IndexRun:

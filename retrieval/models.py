@@ -106,6 +106,17 @@ class Encoder:
     precision: str
     dim: int
     preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torch"
+    _weights_hash: str | None = None
+
+    @property
+    def weights_hash(self) -> str:
+        """SHA-256 of the weights (computed once, on first use): the key of cached exports."""
+        if self._weights_hash is None:
+            from .onnx_backend import weights_hash
+
+            self._weights_hash = weights_hash(self.model)
+        return self._weights_hash
 
     @property
     def min_side(self) -> int:
@@ -157,14 +168,38 @@ def _normalised(features: torch.Tensor) -> np.ndarray:
     return array / np.maximum(norms, 1e-12)
 
 
-def load_encoder(
-    identity: ModelIdentity, *, device: str = "auto", precision: str = "auto"
-) -> Encoder:
-    """Load an open_clip model for inference.
+BACKENDS = ("torch", "onnx")
 
-    precision: 'auto' is bf16 autocast on CUDA and fp32 on the CPU; 'fp32' or 'bf16' force one.
+
+def load_encoder(
+    identity: ModelIdentity,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    backend: str = "torch",
+    weights_hash: str | None = None,
+    towers: Sequence[str] = ("image", "text"),
+) -> Any:
+    """Load an open_clip model for inference (an Encoder, or an OnnxEncoder: same interface).
+
+    backend 'torch': precision 'auto' is bf16 autocast on CUDA and fp32 on the CPU; 'fp32' or
+    'bf16' force one. backend 'onnx' (CPU): precision 'fp32' (auto) or 'int8'; the towers are
+    exported and cached on first use, and `towers` limits which are loaded.
     Raises ModelLoadError, naming the model and the local-dir: way out, when weights cannot be had.
     """
+    if backend == "onnx":
+        if device not in ("auto", "cpu"):
+            raise ModelLoadError("the onnx backend runs on the CPU; use --backend torch for CUDA")
+        from .onnx_backend import load_onnx_encoder
+
+        return load_onnx_encoder(
+            identity,
+            precision="fp32" if precision == "auto" else precision,
+            weights_hash=weights_hash,
+            towers=towers,
+        )
+    if backend != "torch":
+        raise ModelLoadError(f"unknown backend {backend!r}; use torch or onnx")
     device = resolve_device(device)
     if precision == "auto":
         precision = "bf16" if device.startswith("cuda") else "fp32"

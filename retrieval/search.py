@@ -16,8 +16,9 @@ from typing import Literal
 import numpy as np
 
 from index.catalog import TEXT
-from index.collection import Collection, find_collection
-from index.manifest import ModelIdentity
+from index.collection import MANIFEST, Collection, find_collection
+from index.errors import CollectionLocked
+from index.manifest import Manifest, ModelIdentity
 
 from .errors import ImageReadError, QueryError
 from .images import IMAGE_EXTENSIONS, load_image
@@ -96,6 +97,7 @@ class Searcher:
         model: ModelIdentity | None = None,
         device: str = "auto",
         precision: str = "auto",
+        backend: str = "torch",
     ) -> None:
         if model is not None:
             collection.check_model(model)
@@ -103,6 +105,7 @@ class Searcher:
         self._encoder = encoder
         self._device = device
         self._precision = precision
+        self._backend = backend
 
     @classmethod
     def open(cls, collection_dir: Path | None = None, **kwargs: object) -> Searcher:
@@ -122,10 +125,32 @@ class Searcher:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            manifest = self.collection.manifest
             self._encoder = load_encoder(
-                self.collection.manifest.model, device=self._device, precision=self._precision
+                manifest.model,
+                device=self._device,
+                precision=self._precision,
+                backend=self._backend,
+                weights_hash=manifest.weights_hash,
             )
+            if manifest.weights_hash is None:
+                self._remember_weights_hash(self._encoder.weights_hash)
         return self._encoder
+
+    def _remember_weights_hash(self, weights_hash: str) -> None:
+        """Store the hash a collection made before it was recorded lacks, so that later queries
+        find their cached ONNX export without loading torch; only if no indexer is running."""
+        collection = self.collection
+        try:
+            collection.lock()
+        except CollectionLocked:
+            return
+        try:
+            collection.manifest = Manifest.read(collection.dir / MANIFEST)
+            collection.manifest.weights_hash = weights_hash
+            collection.manifest.write(collection.dir / MANIFEST)
+        finally:
+            collection.unlock()
 
     def embed(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """The query vector: float32 (d,), L2-normalised weighted sum of the terms."""

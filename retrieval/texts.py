@@ -61,6 +61,7 @@ def add_texts(
     collection_dir: Path | None = None,
     encoder: Encoder | None = None,
     device: str = "auto",
+    backend: str = "torch",
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
 ) -> TextsReport:
@@ -75,7 +76,9 @@ def add_texts(
         known = collection.catalog.text_ids(unique)
         new = [t for t in unique if t not in known]
         if new and encoder is None:
-            encoder = load_encoder(collection.manifest.model, device=device)
+            manifest = collection.manifest
+            encoder = load_encoder(manifest.model, device=device, backend=backend,
+                                   weights_hash=manifest.weights_hash)  # fmt: skip
         for start in range(0, len(new), batch_size):
             batch = new[start : start + batch_size]
             vectors = encoder.encode_texts(batch)  # type: ignore[union-attr]
