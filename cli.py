@@ -36,7 +36,9 @@ PrecisionOption = typer.Option(
     help="torch: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16; onnx: auto (fp32), fp32, int8.",
 )
 BackendOption = typer.Option(
-    "torch", "--backend", help="torch, or onnx (CPU; towers exported and cached on first use)."
+    "auto",
+    "--backend",
+    help="auto (onnx on a CPU, torch on CUDA), torch, or onnx (exported and cached on first use).",
 )
 
 
@@ -573,7 +575,10 @@ def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -
     print(
         f"model       {data['model']}" + (f" ({data['pretrained']})" if data["pretrained"] else "")
     )
-    print(f"embeddings  {data['dim']}-d {data['embedding_dtype']}")
+    print(
+        f"embeddings  {data['dim']}-d {data['embedding_dtype']}, encoded by {data['backend']} "
+        f"{data['precision']}"
+    )
     print(
         f"index       {data['factory']}" + (" (chosen automatically)" if data["auto_index"] else "")
         + (f", {depth}" if depth else "") + measured
@@ -604,6 +609,8 @@ def _info_dict(index: Path | None) -> dict[str, Any]:
         "index_bytes": info.index_bytes,
         "index_updates": info.index_updates,
         "embedding_dtype": info.embedding_dtype,
+        "backend": info.backend,
+        "precision": info.precision,
         "images": info.images,
         "texts": info.texts,
         "skipped": [{"path": s.path, "error": s.error} for s in info.skipped],

@@ -191,6 +191,10 @@ class Catalog:
     def texts_by_ids(self, ids: Iterable[int]) -> dict[int, str]:
         return dict(self._where_in("SELECT id, text FROM texts", "id", (int(i) for i in ids)))
 
+    def count_vectors(self, kind: str = IMAGE) -> int:
+        """How many images (or texts) have an embedding."""
+        return self.count(STATUS_OK) if kind == IMAGE else self.count_texts()
+
     def count_texts(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
 

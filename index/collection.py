@@ -8,15 +8,22 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
-from . import ann, vector_index
 from .catalog import IMAGE, TEXT, Catalog
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
 from .manifest import Manifest, ModelIdentity
 from .vectors import EmbeddingStore
+
+if TYPE_CHECKING:  # faiss costs a fifth of a second to import; small exact searches skip it
+    import faiss
+
+    from .ann import Tuning
+
+NUMPY_EXACT_LIMIT = 50_000
+"""Exact searches over at most this many vectors run in numpy, without loading FAISS."""
 
 COLLECTION_DIRNAME = ".retrieval"
 MANIFEST = "manifest.json"
@@ -208,6 +215,8 @@ class Collection:
         (catalog ids are never reused, so the id sets' difference is the change), or rebuilt when
         it cannot be updated or the automatic choice has moved on. Saved when holding the lock.
         """
+        from . import vector_index
+
         space = _SPACES[kind]
         path = self.dir / space.faiss_index
         saved = Manifest.read(self.dir / MANIFEST)
@@ -238,26 +247,52 @@ class Collection:
         approximate, they are scored exactly instead: an IVF index probes only some lists, and
         a narrow filter would leave most of them empty.
         """
+        allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
+        exact = kind == TEXT or self._current_manifest().factory == "Flat"
+        if exact and self.catalog.count_vectors(kind) <= NUMPY_EXACT_LIMIT:
+            return self._exact(queries, k, kind, allowed)
+        from . import ann, vector_index
+
         index = self.faiss_index(kind)
         params = self.manifest.search_params if kind == IMAGE else {}
-        few = allowed_ids is not None and len(allowed_ids) <= ann.EXACT_LIMIT
+        few = allowed is not None and len(allowed) <= NUMPY_EXACT_LIMIT
         if few and ann.depth_parameter(index) is not None:
-            return self._exact_subset(queries, k, kind, np.asarray(allowed_ids, dtype=np.int64))
-        return vector_index.search(index, queries, k, allowed_ids, params)
+            return self._exact(queries, k, kind, allowed)
+        return vector_index.search(index, queries, k, allowed, params)
 
-    def _exact_subset(
-        self, queries: np.ndarray, k: int, kind: str, allowed: np.ndarray
+    def _current_manifest(self) -> Manifest:
+        if self._lock_fd is None:
+            self.manifest = Manifest.read(self.dir / MANIFEST)
+        return self.manifest
+
+    def _exact(
+        self, queries: np.ndarray, k: int, kind: str, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        ids, rows = self.catalog.vector_rows(kind)
-        row_of = dict(zip(ids, rows, strict=True))
-        allowed = np.array([i for i in allowed.tolist() if i in row_of], dtype=np.int64)
-        vectors = self.stores[kind].read([row_of[i] for i in allowed.tolist()])
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.manifest.dim))
-        if len(allowed):
-            index.add_with_ids(vectors, allowed)
-        return vector_index.search(index, queries, k)
+        """Exact inner-product search in numpy over the stored vectors (or the allowed ones)."""
+        with self.catalog.snapshot():
+            ids, rows = self.catalog.vector_rows(kind)
+        ids_array = np.asarray(ids, dtype=np.int64)
+        rows_array = np.asarray(rows, dtype=np.int64)
+        if allowed is not None:
+            keep = np.isin(ids_array, allowed)
+            ids_array, rows_array = ids_array[keep], rows_array[keep]
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        k = max(1, k)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        if len(ids_array) == 0:
+            return scores, found
+        all_scores = queries @ self.stores[kind].read(rows_array).T
+        take = min(k, len(ids_array))
+        for q, row in enumerate(all_scores):
+            # Best first; among equal scores the smaller id, as FAISS's flat index orders them.
+            best = np.lexsort((ids_array, -row))[:take]
+            scores[q, :take], found[q, :take] = row[best], ids_array[best]
+        return scores, found
 
     def _factory(self, kind: str, n: int) -> str:
+        from . import ann
+
         if kind == TEXT:
             return "Flat"
         if self.manifest.auto_index:
@@ -267,6 +302,8 @@ class Collection:
     def _updated(
         self, kind: str, path: Path, ids: np.ndarray, vectors: np.ndarray
     ) -> faiss.Index | None:
+        from . import ann, vector_index
+
         built = "Flat" if kind == TEXT else self.manifest.factory
         if not path.is_file() or self._factory(kind, len(ids)) != built:
             return None
@@ -283,6 +320,8 @@ class Collection:
         return index
 
     def _rebuilt(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+        from . import ann
+
         factory = self._factory(kind, len(ids))
         try:
             index = ann.build(factory, vectors, ids, dim=self.manifest.dim)
@@ -298,6 +337,8 @@ class Collection:
         return index
 
     def _save(self, kind: str, index: faiss.Index, version: int) -> None:
+        from . import vector_index
+
         space = _SPACES[kind]
         vector_index.save(index, self.dir / space.faiss_index)
         # The manifest is written after the index: a crash in between leaves it stale, never wrong.
@@ -310,7 +351,7 @@ class Collection:
         *,
         memory_budget: int | None = None,
         target_recall: float | None = None,
-    ) -> ann.Tuning:
+    ) -> Tuning:
         """Rebuild the image index from the stored embeddings, encoding nothing.
 
         factory: a FAISS factory string, or None to choose one from the size and memory_budget
@@ -328,7 +369,9 @@ class Collection:
         ids, vectors, version = self.vectors(IMAGE)
         index = self._rebuilt(IMAGE, ids, vectors)
         self._save(IMAGE, index, version)
-        return ann.Tuning(**self.manifest.tuning)
+        from .ann import Tuning
+
+        return Tuning(**self.manifest.tuning)
 
     def sync_index(self, kind: str = IMAGE) -> None:
         """Bring the saved FAISS index up to the catalog (the writer calls this)."""

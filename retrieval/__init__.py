@@ -4,49 +4,64 @@ from retrieval import index_folder, Searcher, parse_query
 report = index_folder("~/Pictures")
 with Searcher.open("~/Pictures/.retrieval") as searcher:
     hits = searcher.search(parse_query(["a dog on a beach"]), k=5)
+
+Names are imported on first use, so that `import retrieval.tokenizer` (the query path) pays for
+nothing else.
 """
 
-from index.manifest import ModelIdentity
+from __future__ import annotations
 
-from .bench import RecallReport, run_benchmark
-from .datasets import CaptionedDataset, DatasetError, load_dataset
-from .errors import ImageReadError, ModelLoadError, QueryError, RetrievalError
-from .indexer import IndexProgress, IndexReport, SkippedFile, index_folder
-from .info import CollectionInfo, collection_info
-from .models import DEFAULT_MODEL, Encoder, load_encoder, model_identity
-from .recall import recall_at_k
-from .search import Hit, QueryTerm, Searcher, TextHit, parse_query, parse_term
-from .texts import TextsReport, add_texts, read_texts
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "CaptionedDataset",
-    "CollectionInfo",
-    "DatasetError",
-    "Encoder",
-    "Hit",
-    "ImageReadError",
-    "IndexProgress",
-    "IndexReport",
-    "ModelIdentity",
-    "ModelLoadError",
-    "QueryError",
-    "QueryTerm",
-    "RecallReport",
-    "RetrievalError",
-    "Searcher",
-    "SkippedFile",
-    "TextHit",
-    "TextsReport",
-    "add_texts",
-    "collection_info",
-    "index_folder",
-    "load_dataset",
-    "load_encoder",
-    "model_identity",
-    "parse_query",
-    "parse_term",
-    "read_texts",
-    "recall_at_k",
-    "run_benchmark",
-]
+_EXPORTS = {
+    "ModelIdentity": "index.manifest",
+    "RecallReport": ".bench",
+    "run_benchmark": ".bench",
+    "CaptionedDataset": ".datasets",
+    "DatasetError": ".datasets",
+    "load_dataset": ".datasets",
+    "ImageReadError": ".errors",
+    "ModelLoadError": ".errors",
+    "QueryError": ".errors",
+    "RetrievalError": ".errors",
+    "IndexProgress": ".indexer",
+    "IndexReport": ".indexer",
+    "SkippedFile": ".indexer",
+    "index_folder": ".indexer",
+    "reindex": ".indexer",
+    "CollectionInfo": ".info",
+    "collection_info": ".info",
+    "DEFAULT_MODEL": ".models",
+    "Encoder": ".models",
+    "load_encoder": ".models",
+    "model_identity": ".models",
+    "recall_at_k": ".recall",
+    "Hit": ".search",
+    "QueryTerm": ".search",
+    "Searcher": ".search",
+    "TextHit": ".search",
+    "parse_query": ".search",
+    "parse_term": ".search",
+    "TextsReport": ".texts",
+    "add_texts": ".texts",
+    "read_texts": ".texts",
+    "TrainConfig": ".training",
+    "TrainReport": ".training",
+    "train": ".training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -98,7 +98,7 @@ def run_benchmark(
     out: Path | None = None,
     encoder: Encoder | None = None,
     progress: Callable[[IndexProgress], None] | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     precision: str = "auto",
 ) -> RecallReport:
     """Encode `dataset` into a collection (temporary, or out/collection) and measure recall@k.

@@ -104,7 +104,7 @@ def index_folder(
     encoder: Encoder | None = None,
     paths: Sequence[str] | None = None,
     draft: bool = True,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
 
@@ -112,7 +112,8 @@ def index_folder(
     collection then holds only them (a dataset's images among other files, say).
     draft: decode large JPEGs at a reduced DCT scale (fast); False decodes every pixel, as
     open_clip's reference preprocessing does (benchmarks that must match published numbers).
-    backend: torch, or onnx (CPU; precision fp32 or int8).
+    backend: auto (ONNX Runtime on a CPU, PyTorch on CUDA), torch, or onnx (precision fp32 or
+    int8).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs

@@ -29,6 +29,8 @@ class CollectionInfo:
     tuning: dict[str, Any] = field(default_factory=dict)
     """recall (recall@k against exact search), k, queries, ms_per_query; empty until tuned."""
     index_updates: str = "in place"
+    backend: str = "torch"
+    precision: str = "fp32"
     skipped: list[SkippedFile] = field(default_factory=list)
 
 
@@ -57,6 +59,8 @@ def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
             search_params=dict(manifest.search_params),
             tuning=dict(manifest.tuning),
             index_updates=manifest.index_updates,
+            backend=manifest.backend,
+            precision=manifest.precision,
             skipped=skipped,
         )
 

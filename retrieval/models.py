@@ -168,7 +168,19 @@ def _normalised(features: torch.Tensor) -> np.ndarray:
     return array / np.maximum(norms, 1e-12)
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def choose_backend(backend: str, device: str) -> str:
+    """'auto': PyTorch where an NVIDIA GPU is (or was asked for), else ONNX Runtime, which is
+    faster on a CPU at the same recall (benchmarks/cpu_backends.py). Decided without importing
+    torch, which the ONNX query path never loads."""
+    if backend != "auto":
+        return backend
+    if device.startswith("cuda"):
+        return "torch"
+    gpu = os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+    return "torch" if device == "auto" and gpu else "onnx"
 
 
 def load_encoder(
@@ -176,7 +188,7 @@ def load_encoder(
     *,
     device: str = "auto",
     precision: str = "auto",
-    backend: str = "torch",
+    backend: str = "auto",
     weights_hash: str | None = None,
     towers: Sequence[str] = ("image", "text"),
 ) -> Any:
@@ -184,20 +196,30 @@ def load_encoder(
 
     backend 'torch': precision 'auto' is bf16 autocast on CUDA and fp32 on the CPU; 'fp32' or
     'bf16' force one. backend 'onnx' (CPU): precision 'fp32' (auto) or 'int8'; the towers are
-    exported and cached on first use, and `towers` limits which are loaded.
+    exported and cached on first use, and `towers` limits which are loaded. backend 'auto':
+    see choose_backend; a model the ONNX path cannot take falls back to torch.
     Raises ModelLoadError, naming the model and the local-dir: way out, when weights cannot be had.
     """
-    if backend == "onnx":
+    chosen = choose_backend(backend, device)
+    if chosen == "onnx":
         if device not in ("auto", "cpu"):
             raise ModelLoadError("the onnx backend runs on the CPU; use --backend torch for CUDA")
         from .onnx_backend import load_onnx_encoder
 
-        return load_onnx_encoder(
-            identity,
-            precision="fp32" if precision == "auto" else precision,
-            weights_hash=weights_hash,
-            towers=towers,
-        )
+        try:
+            return load_onnx_encoder(
+                identity,
+                precision="fp32" if precision == "auto" else precision,
+                weights_hash=weights_hash,
+                towers=towers,
+            )
+        except ModelLoadError:
+            if backend != "auto":
+                raise
+            backend = "torch"  # e.g. a tokenizer the ONNX path lacks: PyTorch can still run it
+            precision = "auto" if precision == "int8" else precision
+    else:
+        backend = chosen
     if backend != "torch":
         raise ModelLoadError(f"unknown backend {backend!r}; use torch or onnx")
     device = resolve_device(device)

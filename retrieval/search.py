@@ -97,7 +97,7 @@ class Searcher:
         model: ModelIdentity | None = None,
         device: str = "auto",
         precision: str = "auto",
-        backend: str = "torch",
+        backend: str = "auto",
     ) -> None:
         if model is not None:
             collection.check_model(model)

@@ -61,7 +61,7 @@ def add_texts(
     collection_dir: Path | None = None,
     encoder: Encoder | None = None,
     device: str = "auto",
-    backend: str = "torch",
+    backend: str = "auto",
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
 ) -> TextsReport:

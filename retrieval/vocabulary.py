@@ -7,7 +7,10 @@ classification does. The vocabulary is embedded once per model and kept in the c
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -17,6 +20,7 @@ import numpy as np
 from index.atomic import write_bytes_atomic
 
 from .cache import cache_dir
+from .errors import ModelLoadError
 from .models import LOCAL_DIR, Encoder
 
 # A CPU text tower does a few dozen prompts per second: two templates there, more on a GPU.
@@ -32,10 +36,27 @@ GPU_TEMPLATES = (
 )
 
 
+@functools.lru_cache(maxsize=1)
 def class_names() -> list[str]:
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    """ImageNet's 1,000 class names as open_clip ships them.
 
-    return list(IMAGENET_CLASSNAMES)
+    Read from open_clip's source without importing it: importing open_clip imports torch,
+    which the ONNX query path must not pay for.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    source = next((Path(f) / "zero_shot_metadata.py" for f in folders), None)
+    if source is None or not source.is_file():
+        raise ModelLoadError(
+            "ImageNet's class names ship with open_clip_torch, which is not installed; "
+            "add texts to the collection with `retrieval add-texts` instead"
+        )
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "IMAGENET_CLASSNAMES" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise ModelLoadError(f"{source} defines no IMAGENET_CLASSNAMES")
 
 
 def templates_for(encoder: Encoder) -> tuple[str, ...]:
@@ -83,6 +104,14 @@ def _cache_key(encoder: Encoder, names: list[str], templates: tuple[str, ...]) -
             (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())
         ]
     text = json.dumps(
-        [identity.name, identity.pretrained, weights, names, templates, encoder.precision]
+        [
+            identity.name,
+            identity.pretrained,
+            weights,
+            names,
+            templates,
+            encoder.backend,
+            encoder.precision,
+        ]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]

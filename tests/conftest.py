@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may reach the network
+# Generated datasets and ONNX exports go to a cache of the run's own, never the user's.
+os.environ["RETRIEVAL_CACHE"] = tempfile.mkdtemp(prefix="retrieval-tests-cache-")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np

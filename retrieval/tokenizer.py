@@ -1,0 +1,225 @@
+"""CLIP's byte-level BPE tokenizer, giving open_clip's token ids without importing torch.
+
+A text query needs its token ids before it needs a model, and importing open_clip (which imports
+torch) costs seconds. This module reproduces `open_clip.tokenizer.SimpleTokenizer` as
+`open_clip.get_tokenizer("ViT-B-32")` builds it: the 'lower' cleaning, no reduction mask, and
+plain truncation. It reads the merges file shipped inside the installed open_clip package, located
+with `importlib.util.find_spec`, which finds a package without running it.
+
+    tokens = load_tokenizer()(["a dog on a beach", "a red car"])   # int64, shape (2, 77)
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.util
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from itertools import islice, pairwise
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import regex
+
+from .errors import ModelLoadError
+
+VOCABULARY_FILE = "bpe_simple_vocab_16e6.txt.gz"
+DEFAULT_CONTEXT_LENGTH = 77
+
+START_OF_TEXT = "<start_of_text>"
+END_OF_TEXT = "<end_of_text>"
+
+# CLIP uses the first 48,894 merges of the file (49,152 - 256 - 2, as the reference code counts);
+# the ones after are never used. Its vocabulary is then 49,408 strings: the 256 byte symbols, their
+# 256 end-of-word forms, the merged strings in rank order, and the two special tokens.
+_MERGE_COUNT = 49152 - 256 - 2
+_END_OF_WORD = "</w>"
+
+# A piece is a special token, an English contraction suffix, a run of letters, one digit, or a
+# run of anything else but whitespace. IGNORECASE still matters on lower-cased text, since
+# matching goes by case folding: U+0345 (a combining mark that folds to iota) counts as a letter,
+# and "<\u017ftart_of_text>" (long s folds to s) is one piece, as they are in open_clip.
+_PIECE = regex.compile(
+    "|".join(
+        [
+            regex.escape(START_OF_TEXT),
+            regex.escape(END_OF_TEXT),
+            "'s",
+            "'t",
+            "'re",
+            "'ve",
+            "'m",
+            "'ll",
+            "'d",
+            r"\p{L}+",
+            r"\p{N}",
+            r"[^\s\p{L}\p{N}]+",
+        ]
+    ),
+    regex.IGNORECASE,
+)
+
+# Words seen by one tokenizer are remembered; past this many the memory is dropped and regrown,
+# so a long-running service fed arbitrary queries stays bounded.
+_WORD_CACHE_LIMIT = 200_000
+
+
+def vocabulary_file() -> Path:
+    """The path of open_clip's BPE merges file, found without importing open_clip (or torch)."""
+    try:
+        spec = importlib.util.find_spec("open_clip")
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / VOCABULARY_FILE
+        if path.is_file():
+            return path
+    raise ModelLoadError(
+        f"The CLIP tokenizer's vocabulary file {VOCABULARY_FILE} was not found: "
+        "it ships with the open_clip_torch package, which is not installed or is incomplete."
+    )
+
+
+def _byte_symbols() -> list[str]:
+    """One printable character per byte value (256 of them), indexed by the byte.
+
+    BPE runs on strings, so each byte of the UTF-8 text becomes a character: printable Latin-1
+    bytes stand for themselves, and the rest (controls, space, soft hyphen) take the code points
+    from 256 upwards, in byte order, so that no symbol is whitespace.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    symbols = {byte: chr(byte) for byte in printable}
+    others = (byte for byte in range(256) if byte not in symbols)
+    symbols.update({byte: chr(256 + n) for n, byte in enumerate(others)})
+    return [symbols[byte] for byte in range(256)]
+
+
+@lru_cache(maxsize=1)
+def _tables() -> tuple[list[str], dict[str, int], dict[tuple[str, str], int]]:
+    """(byte symbols, token id of each vocabulary string, rank of each merge), read once.
+
+    Every tokenizer shares these read-only tables whatever its context length.
+    """
+    # Only the first lines are needed, so the rest of the file is never decompressed; the first
+    # line is a version header.
+    with gzip.open(vocabulary_file(), "rt", encoding="utf-8", newline="\n") as stream:
+        lines = list(islice(stream, 1 + _MERGE_COUNT))
+    merges = [tuple(line.split()) for line in lines[1:]]
+    byte_symbols = _byte_symbols()
+    # Ids follow the symbols' code points, not their bytes: the printable bytes come first.
+    alphabet = sorted(byte_symbols)
+    vocabulary = [
+        *alphabet,
+        *(symbol + _END_OF_WORD for symbol in alphabet),
+        *("".join(merge) for merge in merges),
+        START_OF_TEXT,
+        END_OF_TEXT,
+    ]
+    ids = {token: index for index, token in enumerate(vocabulary)}
+    ranks = {merge: rank for rank, merge in enumerate(merges)}
+    return byte_symbols, ids, ranks
+
+
+def _clean(text: str) -> str:
+    """open_clip's 'lower' cleaning: fix mojibake, unescape HTML twice, squeeze spaces, lower."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split()).lower()
+
+
+def _merge(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges to one word's symbols until no adjacent pair is a known merge.
+
+    Each round takes the adjacent pair of lowest rank and merges its occurrences left to right,
+    never overlapping ("a a a" becomes "aa a"), as CLIP's reference implementation does.
+    """
+    unknown = math.inf
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, unknown), pair) for pair in pairwise(symbols)]
+        rank, (first, second) = min(pairs)
+        if rank == unknown:
+            break
+        merged: list[str] = []
+        i = 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+class ClipTokenizer:
+    """CLIP's tokenizer, id for id what open_clip's standard SimpleTokenizer returns, as numpy."""
+
+    def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH) -> None:
+        if context_length < 1:
+            raise ValueError(f"context_length must be at least 1, not {context_length}.")
+        self.context_length = context_length
+        byte_symbols, self._ids, self._ranks = _tables()
+        # Maps each character of a latin-1 decoded byte string to its byte symbol.
+        self._byte_table = {byte: symbol for byte, symbol in enumerate(byte_symbols)}
+        self.sot_id = self._ids[START_OF_TEXT]
+        self.eot_id = self._ids[END_OF_TEXT]
+        self.vocab_size = len(self._ids)
+        self._words: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Token ids of each text, int64 of shape (len(texts), context_length); a str is one text.
+
+        Each row is sot, the text's ids, eot, then zeros. A row too long is cut to the context
+        length and its last id replaced by eot, so the model always sees an end of text.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for row, text in zip(rows, texts, strict=True):
+            ids = [self.sot_id, *self.encode(text), self.eot_id]
+            if len(ids) > self.context_length:
+                ids = ids[: self.context_length]
+                ids[-1] = self.eot_id
+            row[: len(ids)] = ids
+        return rows
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of one text, cleaned first, without sot or eot (as SimpleTokenizer.encode)."""
+        ids: list[int] = []
+        for piece in _PIECE.findall(_clean(text)):
+            word = self._words.get(piece)
+            if word is None:
+                word = self._encode_word(piece)
+                if len(self._words) >= _WORD_CACHE_LIMIT:
+                    self._words.clear()
+                self._words[piece] = word
+            ids.extend(word)
+        return ids
+
+    def _encode_word(self, piece: str) -> tuple[int, ...]:
+        """Ids of one piece of text: a special token's own id, else the BPE of its UTF-8 bytes."""
+        if piece in (START_OF_TEXT, END_OF_TEXT):
+            return (self._ids[piece],)
+        symbols = list(piece.encode("utf-8").decode("latin-1").translate(self._byte_table))
+        symbols[-1] += _END_OF_WORD
+        return tuple(self._ids[token] for token in _merge(symbols, self._ranks))
+
+
+def load_tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH) -> ClipTokenizer:
+    """The shared tokenizer for `context_length`; the vocabulary is read once for all of them."""
+    # The cache is keyed by the value alone: lru_cache would hold load_tokenizer() and
+    # load_tokenizer(77) apart, each with its own memory of words.
+    return _shared_tokenizer(context_length)
+
+
+@lru_cache(maxsize=8)
+def _shared_tokenizer(context_length: int) -> ClipTokenizer:
+    return ClipTokenizer(context_length)

@@ -1,0 +1,141 @@
+"""The ONNX backend: exports agree with PyTorch, the cache heals, and queries need no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo, write_photos
+from PIL import Image
+
+from retrieval.indexer import index_folder
+from retrieval.models import load_encoder
+from retrieval.onnx_backend import export_folder, load_onnx_encoder, resize_and_crop
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(folder))
+    return folder
+
+
+def test_fp32_towers_agree_with_pytorch(cache, encoder, tiny_model):
+    onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    images = np.stack([encoder.prepare(photo(seed, size=(90, 70))) for seed in range(5)])
+    assert np.all((onnx.encode_images(images) * encoder.encode_images(images)).sum(1) >= 0.9999)
+    texts = ["a dog on a beach", "ünïcödé & emoji 🐈", "x" * 300, ""]
+    assert np.all((onnx.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) >= 0.9999)
+    meta = json.loads((onnx.folder / "meta.json").read_text())
+    assert meta["checks"]["text_fp32.onnx"]["min_cosine_to_torch"] >= 0.9999
+
+
+def test_int8_records_its_measured_cosine(cache, encoder, tiny_model):
+    onnx = load_onnx_encoder(tiny_model, precision="int8", weights_hash=encoder.weights_hash)
+    meta = json.loads((onnx.folder / "meta.json").read_text())
+    for tower in ("image", "text"):
+        cosine = meta["checks"][f"{tower}_int8.onnx"]["min_cosine_to_torch"]
+        assert 0.9 < cosine <= 1.0 + 1e-6
+    texts = ["a red car", "two cats"]
+    assert np.all((onnx.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) > 0.9)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
+def test_a_damaged_cached_export_is_detected_and_rebuilt(cache, encoder, tiny_model, damage):
+    onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    path = onnx.folder / "text_fp32.onnx"
+    good = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "corrupt":  # same size, other bytes
+        path.write_bytes(good[:1000] + bytes(255 - b for b in good[1000:2000]) + good[2000:])
+    else:
+        path.unlink()
+    again = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    assert again.folder == onnx.folder
+    assert len(path.read_bytes()) == len(good)
+    vectors = again.encode_texts(["a dog"])
+    assert float(vectors[0] @ encoder.encode_texts(["a dog"])[0]) >= 0.9999
+
+
+def test_exports_are_cached_per_weights(cache, tiny_model, other_model, encoder):
+    first = export_folder(tiny_model, encoder.weights_hash)
+    assert export_folder(tiny_model, "another hash") != first
+    assert export_folder(other_model, encoder.weights_hash) != first
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 31), (31, 97), (640, 480), (63, 65), (65, 64)])
+def test_the_torch_free_resize_and_crop_equals_open_clips(encoder, size):
+    image = photo(3, size=size)
+    assert np.array_equal(resize_and_crop(image, (64, 64), "shortest"), encoder.prepare(image))
+
+
+def test_the_query_path_runs_with_torch_unimportable(tmp_path, cache, encoder, tiny_model):
+    root = tmp_path / "photos"
+    write_photos(root, ["a.jpg", "b.jpg", "c.jpg"])
+    index_folder(root, model=tiny_model, encoder=encoder)
+    load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    Image.open(root / "a.jpg").save(tmp_path / "query.png")
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    # Installed before anything runs: torch, torchvision and open_clip can still be found (the
+    # tokenizer reads open_clip's vocabulary file), but importing any of them fails.
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.machinery, sys\n"
+        "class Refuse:\n"
+        "    def create_module(self, spec):\n"
+        "        raise ImportError(f'{spec.name} is blocked in this test')\n"
+        "    def exec_module(self, module):\n"
+        "        raise ImportError('blocked')\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] not in ('torch', 'open_clip', 'torchvision'):\n"
+        "            return None\n"
+        "        spec = importlib.machinery.PathFinder.find_spec(name, path)\n"
+        "        if spec is not None:\n"
+        "            spec.loader = Refuse()\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{REPO}", "HF_HUB_OFFLINE": "1"}
+    retrieval = Path(sys.executable).parent / "retrieval"
+    for args in (["search", "a dog", "--json"], ["search", "--image", str(tmp_path / "query.png")],
+                 ["describe", str(root / "b.jpg"), "--source", "vocabulary"]):  # fmt: skip
+        process = subprocess.run(
+            [str(retrieval), *args, "--backend", "onnx", "--index", str(root / ".retrieval")],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        if args[0] == "describe":  # the vocabulary is embedded once with the ONNX text tower too
+            assert process.returncode == 0, process.stderr
+            continue
+        assert process.returncode == 0, process.stderr
+        assert process.stdout.strip()
+    # And the blocker works: the torch backend cannot run in that environment.
+    process = subprocess.run(
+        [str(retrieval), "search", "a dog", "--backend", "torch", "--index",
+         str(root / ".retrieval")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert process.returncode != 0
+
+
+def test_onnx_search_ranks_like_torch(tmp_path, cache, encoder, tiny_model):
+    from retrieval.search import Searcher, parse_query
+
+    root = tmp_path / "photos"
+    write_photos(root, [f"p{i}.jpg" for i in range(12)])
+    index_folder(root, model=tiny_model, encoder=encoder)
+    with Searcher.open(root / ".retrieval", encoder=encoder) as searcher:
+        torch_hits = searcher.search(parse_query(["a dog"]), k=12)
+    onnx = load_encoder(tiny_model, backend="onnx", weights_hash=encoder.weights_hash)
+    with Searcher.open(root / ".retrieval", encoder=onnx) as searcher:
+        onnx_hits = searcher.search(parse_query(["a dog"]), k=12)
+    assert [round(h.score, 4) for h in onnx_hits] == [round(h.score, 4) for h in torch_hits]
