@@ -10,7 +10,7 @@ For each image size it measures images per second of
   (c) a naive pipeline: full-size decode, the model's own preprocessing, no overlap,
 and the wall time of re-indexing an unchanged root of many files, in-process and as
 `retrieval index ROOT` run from a shell. Prints a table and writes JSON (--out).
-ViT-B-32 runs with random weights: speed does not depend on them.
+ViT-B-32 runs with random weights (speed does not depend on them), on --backend torch or onnx.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index.manifest import ModelIdentity
 from retrieval.indexer import index_folder
 from retrieval.models import (
     TINY_MODEL_CFG,
@@ -124,14 +123,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--reindex-files", type=int, default=10_000)
+    parser.add_argument("--backend", default="torch", help="torch or onnx (fp32)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/indexing.json"))
     args = parser.parse_args()
 
     torch = import_torch()
 
-    encoder = load_encoder(ModelIdentity("ViT-B-32", None), device="cpu")
+    import open_clip
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        vit = create_untrained(open_clip.get_model_config("ViT-B-32"), Path(tmp) / "vit-b-32")
+        encoder = load_encoder(vit, device="cpu", backend=args.backend)
         for spec in args.sizes:
             width, height = (int(v) for v in spec.split("x"))
             folder = Path(tmp) / spec
@@ -158,6 +161,7 @@ def main() -> None:
 
     result = {
         "model": "ViT-B-32 (random weights)",
+        "backend": args.backend,
         "batch_size": args.batch_size,
         "workers": args.workers or os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
