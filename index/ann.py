@@ -195,7 +195,7 @@ def tune(
     _, truth_rows = exact.search(sample, k + 1)
     all_ids = np.asarray(ids, dtype=np.int64)
     truth = [_others(all_ids[row[row >= 0]], o, k) for row, o in zip(truth_rows, own, strict=True)]
-    best = None
+    measured: list[tuple[int, float]] = []
     for value in _depths(index, depth):
         params = search_parameters(index, {depth: value}, None)
         _, found = index.search(sample, k + 1, params=params)
@@ -203,11 +203,15 @@ def tune(
             len(set(_others(f, o, k)) & set(t)) / max(len(t), 1)
             for f, o, t in zip(found, own, truth, strict=True)
         ]
-        recall = float(np.mean(hits))
-        best = (value, recall)
-        if recall >= target_recall:
+        measured.append((value, float(np.mean(hits))))
+        if measured[-1][1] >= target_recall:
             break
-    value, recall = best  # type: ignore[misc]
+    value, recall = measured[-1]
+    if recall < target_recall:
+        # Out of reach (compressed codes): the smallest depth within a point of the best, not
+        # the deepest, which costs far more for nothing.
+        top = max(r for _, r in measured)
+        value, recall = next((v, r) for v, r in measured if r >= top - 0.01)
     latency = _latency(index, sample[:100], k, search_parameters(index, {depth: value}, None))
     return Tuning(depth, value, recall, k, len(rows), latency)
 

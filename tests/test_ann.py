@@ -185,3 +185,26 @@ def test_a_bad_factory_is_refused_and_the_index_kept(tmp_path):
     reopened = Collection.open(tmp_path / "c", readonly=True)
     assert reopened.manifest.factory == "Flat"
     reopened.close()
+
+
+def measured_recall(index, vectors, ids, rows, nprobe: int) -> float:
+    """Recall@10 against brute force, the query itself left out, computed here query by query."""
+    params = ann.search_parameters(index, {"nprobe": nprobe}, None)
+    total = 0.0
+    for row in rows:
+        truth = [i for i in brute_force(vectors, ids, vectors[row], 11) if i != ids[row]][:10]
+        _, found = index.search(vectors[row][None], 11, params=params)
+        got = [int(i) for i in found[0] if i != ids[row] and i >= 0][:10]
+        total += len(set(got) & set(truth)) / 10
+    return total / len(rows)
+
+
+def test_an_unreachable_target_settles_where_recall_stops_growing():
+    vectors = clustered(4000, seed=2)
+    ids = np.arange(4000, dtype=np.int64)
+    index = ann.build("IVF32,PQ2", vectors, ids, dim=DIM)  # 2-byte codes: far from 0.999
+    tuning = ann.tune(index, vectors, ids, target_recall=0.999, queries=200)
+    rows = np.random.default_rng(0).choice(4000, size=200, replace=False)
+    best = measured_recall(index, vectors, ids, rows, 32)  # every list probed
+    assert tuning.recall < 0.999 and tuning.value < 32
+    assert measured_recall(index, vectors, ids, rows, tuning.value) >= best - 0.01
