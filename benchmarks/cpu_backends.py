@@ -106,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-model", type=Path, default=Path("demo/model"))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds")
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_backends.json"))
     args = parser.parse_args()
@@ -120,21 +121,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         os.environ.setdefault("RETRIEVAL_CACHE", str(Path(scratch) / "cache"))
         vit = create_untrained(open_clip.get_model_config("ViT-B-32"), Path(scratch) / "vitb32")
-        reference = load_encoder(vit, device="cpu")
+        reference = load_encoder(vit, device="cpu", backend="torch")
         encoders = {("torch", "fp32"): reference}
         for precision in ("fp32", "int8"):
             encoders[("onnx", precision)] = load_onnx_encoder(
                 vit, precision=precision, weights_hash=reference.weights_hash
             )
+        # Rounds interleave the backends, and each keeps its best round: this machine is shared,
+        # and a neighbour's burst should not decide a ratio.
+        for _ in range(args.rounds):
+            for key, encoder in encoders.items():
+                name = " ".join(key)
+                for b in (16, 1):
+                    images, texts = throughput(encoder, b, seconds=2.0)
+                    best = (
+                        result["speed"]
+                        .setdefault(name, {})
+                        .setdefault(f"batch {b}", {"images_per_s": 0.0, "texts_per_s": 0.0})
+                    )
+                    best["images_per_s"] = max(best["images_per_s"], images)
+                    best["texts_per_s"] = max(best["texts_per_s"], texts)
         for key, encoder in encoders.items():
-            name = " ".join(key)
-            result["speed"][name] = {
-                f"batch {b}": dict(
-                    zip(("images_per_s", "texts_per_s"), throughput(encoder, b), strict=True)
-                )
-                for b in (16, 1)
-            }
-            result["agreement"][name] = agreement(reference, encoder)
+            result["agreement"][" ".join(key)] = agreement(reference, encoder)
         collection = make_collection(Path(scratch) / "photos", vit, reference.weights_hash,
                                      reference.dim, args.items)  # fmt: skip
         del encoders, reference

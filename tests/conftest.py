@@ -31,7 +31,7 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> ModelIdentity:
 
 @pytest.fixture(scope="session")
 def encoder(tiny_model: ModelIdentity) -> Encoder:
-    return load_encoder(tiny_model, device="cpu")
+    return load_encoder(tiny_model, device="cpu", backend="torch")
 
 
 def photo(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:

@@ -71,7 +71,7 @@ def test_the_saved_model_loads_through_local_dir_with_the_same_embeddings(traine
     import torch
 
     out, _, _ = trained
-    encoder = load_encoder(model_identity(f"local-dir:{out}"), device="cpu")
+    encoder = load_encoder(model_identity(f"local-dir:{out}"), device="cpu", backend="torch")
     image = load_image(dataset.root / dataset.images[0], min_size=encoder.min_side)
     mine = encoder.encode_images(encoder.prepare(image)[None])[0]
 
