@@ -13,8 +13,9 @@ import math
 import time
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
+
+from ._faiss import faiss
 
 EXACT_LIMIT = 50_000
 """Up to this many vectors, exact search answers a query in a few milliseconds on a laptop."""
@@ -60,8 +61,10 @@ def choose_factory(n: int, dim: int, memory_budget: int | None = None) -> IndexP
         return IndexPlan(f"IVF{lists},Flat", f"{n:,} vectors fit in memory uncompressed")
     for m in (64, 48, 32, 24, 16, 8, 4):
         if dim % m == 0 and n * (m + 8) + lists * dim * 4 <= memory_budget:  # type: ignore[operator]
+            # "np": no polysemous training, which inner-product search never uses and which
+            # made a 100,000-vector build take 122 s instead of 17 s.
             return IndexPlan(
-                f"OPQ{m},IVF{lists},PQ{m}",
+                f"OPQ{m},IVF{lists},PQ{m}np",
                 f"{n:,} vectors need {flat_bytes / 2**20:,.0f} MiB uncompressed; "
                 f"{m}-byte codes fit the budget",
             )

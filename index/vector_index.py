@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from . import ann
+from ._faiss import faiss
 from .atomic import write_with_atomic
 from .errors import CorruptCollection
 

@@ -59,12 +59,12 @@ def test_the_choice_follows_size_and_memory():
     assert ann.choose_factory(ann.EXACT_LIMIT + 1, 512).factory.endswith(",Flat")
     assert ann.choose_factory(1_000_000, 512).factory == "IVF4096,Flat"
     plan = ann.choose_factory(10_000_000, 512, memory_budget=2 * 2**30)
-    assert plan.factory.startswith("OPQ64,IVF") and plan.factory.endswith("PQ64")
+    assert plan.factory.startswith("OPQ64,IVF") and plan.factory.endswith("PQ64np")
     # m-byte codes plus an 8-byte id per vector, and the coarse centroids, within the budget.
-    assert ann.choose_factory(10_000_000, 512, memory_budget=800 * 2**20).factory.endswith("PQ64")
+    assert ann.choose_factory(10_000_000, 512, memory_budget=800 * 2**20).factory.endswith("PQ64np")
     # 48 bytes would fit 600 MiB, but 512 dimensions do not split into 48 sub-vectors.
-    assert ann.choose_factory(10_000_000, 512, memory_budget=600 * 2**20).factory.endswith("PQ32")
-    assert ann.choose_factory(10_000_000, 512, memory_budget=400 * 2**20).factory.endswith("PQ16")
+    assert ann.choose_factory(10_000_000, 512, memory_budget=600 * 2**20).factory.endswith("PQ32np")
+    assert ann.choose_factory(10_000_000, 512, memory_budget=400 * 2**20).factory.endswith("PQ16np")
     with pytest.raises(ValueError, match="do not fit"):
         ann.choose_factory(10_000_000, 512, memory_budget=2**20)
     lists = [ann.ivf_lists(n) for n in (10, 10_000, 1_000_000, 10**12)]
