@@ -82,15 +82,7 @@ def test_tuning_picks_the_smallest_depth_that_reaches_the_target():
     rows = np.random.default_rng(0).choice(6000, size=200, replace=False)
 
     def recall_at(nprobe: int) -> float:
-        """Recall@10 measured here, query by query, against brute force without the query."""
-        params = ann.search_parameters(index, {"nprobe": nprobe}, None)
-        total = 0.0
-        for row in rows:
-            truth = [i for i in brute_force(vectors, ids, vectors[row], 11) if i != ids[row]][:10]
-            _, found = index.search(vectors[row][None], 11, params=params)
-            got = [int(i) for i in found[0] if i != ids[row] and i >= 0][:10]
-            total += len(set(got) & set(truth)) / 10
-        return total / len(rows)
+        return measured_recall(index, vectors, ids, rows, nprobe)
 
     assert recall_at(tuning.value) == pytest.approx(tuning.recall, abs=1e-9)
     assert tuning.recall >= 0.9
