@@ -268,6 +268,41 @@ def describe_command(
             print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.text}")
 
 
+@app.command("serve")
+def serve_command(
+    index: Path | None = IndexOption,
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on; anything but loopback is reachable."
+    ),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free one)."),
+    device: str = DeviceOption,
+    backend: str = BackendOption,
+    precision: str = PrecisionOption,
+) -> None:
+    """Open a web page to search the collection by text or by dropping a photo."""
+    from retrieval.web import Listening, serve
+
+    def announce(listening: Listening) -> None:
+        if not listening.loopback:
+            err.print(
+                f"warning: listening on {host}, so other machines can search this collection "
+                "and see its photos; use --host 127.0.0.1 to keep it to this machine"
+            )
+        print(listening.url, flush=True)
+        err.print("Open that address in a browser; Ctrl-C stops the server.")
+
+    with user_errors():
+        serve(
+            index,
+            host=host,
+            port=port,
+            on_listening=announce,
+            device=device,
+            backend=backend,
+            precision=precision,
+        )
+
+
 @app.command("bench")
 def bench_command(
     dataset: str = typer.Argument(
@@ -595,27 +630,7 @@ def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -
 def _info_dict(index: Path | None) -> dict[str, Any]:
     from retrieval.info import collection_info
 
-    info = collection_info(index)
-    return {
-        "collection": str(info.directory),
-        "root": str(info.root),
-        "model": info.model.name,
-        "pretrained": info.model.pretrained,
-        "dim": info.dim,
-        "factory": info.factory,
-        "auto_index": info.auto_index,
-        "search_params": info.search_params,
-        "tuning": info.tuning,
-        "index_bytes": info.index_bytes,
-        "index_updates": info.index_updates,
-        "embedding_dtype": info.embedding_dtype,
-        "backend": info.backend,
-        "precision": info.precision,
-        "images": info.images,
-        "texts": info.texts,
-        "skipped": [{"path": s.path, "error": s.error} for s in info.skipped],
-        "bytes_on_disk": info.bytes_on_disk,
-    }
+    return collection_info(index).to_dict()
 
 
 @contextlib.contextmanager

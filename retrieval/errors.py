@@ -20,3 +20,7 @@ class ImageReadError(RetrievalError):
 
 class QueryError(RetrievalError):
     """A search query is malformed or names something that does not exist."""
+
+
+class UnknownItem(QueryError):
+    """A query names an item id that the collection does not hold."""

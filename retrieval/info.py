@@ -33,6 +33,29 @@ class CollectionInfo:
     precision: str = "fp32"
     skipped: list[SkippedFile] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plain-JSON form that `info --json` prints and the web app's /api/info returns."""
+        return {
+            "collection": str(self.directory),
+            "root": str(self.root),
+            "model": self.model.name,
+            "pretrained": self.model.pretrained,
+            "dim": self.dim,
+            "factory": self.factory,
+            "auto_index": self.auto_index,
+            "search_params": self.search_params,
+            "tuning": self.tuning,
+            "index_bytes": self.index_bytes,
+            "index_updates": self.index_updates,
+            "embedding_dtype": self.embedding_dtype,
+            "backend": self.backend,
+            "precision": self.precision,
+            "images": self.images,
+            "texts": self.texts,
+            "skipped": [{"path": s.path, "error": s.error} for s in self.skipped],
+            "bytes_on_disk": self.bytes_on_disk,
+        }
+
 
 def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
     """Describe the collection in collection_dir, or the nearest one above the current folder."""

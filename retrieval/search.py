@@ -20,7 +20,7 @@ from index.collection import MANIFEST, Collection, find_collection
 from index.errors import CollectionLocked
 from index.manifest import Manifest, ModelIdentity
 
-from .errors import ImageReadError, QueryError
+from .errors import ImageReadError, QueryError, UnknownItem
 from .images import IMAGE_EXTENSIONS, load_image
 from .models import Encoder, load_encoder
 from .vocabulary import vocabulary
@@ -79,10 +79,31 @@ def parse_query(
     terms = [parse_term(t, "text") for t in texts]
     terms += [parse_term(i, "image") for i in images]
     terms += [parse_term(n, None, negative=True) for n in negatives]
+    return _with_positive_term(terms)
+
+
+def parse_text_query(query: str) -> list[QueryTerm]:
+    """The terms of a one-line text query, as typed in a search box.
+
+    `+` and `-` at the start or after a space begin a term that adds or subtracts ("beach -
+    people", "sunset +2:sea -night"); a hyphen inside a word ("black-and-white") does not.
+    Every term is a text: a query from a box never names a file.
+    """
+    terms = []
+    for sign, raw in _OPERATOR.findall(" " + query):
+        if raw.strip():
+            terms.append(parse_term(raw.strip(), "text", negative=sign == "-"))
+        elif sign:
+            raise QueryError(f"{sign!r} in {query!r} is followed by no term")
+    return _with_positive_term(terms)
+
+
+_OPERATOR = re.compile(r"(?:^|\s)([+-]?)((?:[^\s]|\s(?![+-]))*)")
+
+
+def _with_positive_term(terms: list[QueryTerm]) -> list[QueryTerm]:
     if not any(t.weight > 0 for t in terms):
-        raise QueryError(
-            "nothing to search for: give a text, or an --image, with a positive weight"
-        )
+        raise QueryError("nothing to search for: give a text, or an image, with a positive weight")
     return terms
 
 
@@ -173,16 +194,33 @@ class Searcher:
 
     def encode_image_files(self, paths: Sequence[Path]) -> np.ndarray:
         """Embed image files given as queries: float32 (n, d)."""
-        prepared = []
         for path in paths:
             if not path.is_file():
                 raise QueryError(f"{path}: no such image file")
-            try:
-                image = load_image(path, min_size=self.encoder.min_side)
-            except ImageReadError as e:
-                raise QueryError(str(e)) from e
-            prepared.append(self.encoder.prepare(image))
-        return self.encoder.encode_images(np.stack(prepared))
+        return np.concatenate([self.encode_image(path) for path in paths])
+
+    def encode_image(self, source: Path | bytes, *, name: str | None = None) -> np.ndarray:
+        """Embed one image (a file, or an upload's bytes named `name`): float32 (1, d).
+
+        Decoded as indexing decodes, with the same decompression-bomb cap."""
+        try:
+            image = load_image(source, min_size=self.encoder.min_side, name=name)
+        except ImageReadError as e:
+            raise QueryError(str(e)) from e
+        return self.encoder.encode_images(self.encoder.prepare(image)[None])
+
+    def item_vector(self, item_id: int) -> np.ndarray:
+        """The stored embedding of an indexed image: float32 (d,)."""
+        item = self.collection.catalog.get(item_id)
+        if item is None or item.row is None:
+            raise UnknownItem(f"no indexed image has id {item_id}")
+        return self.collection.store.read([item.row])[0]
+
+    def similar(self, item_id: int, *, k: int = 10, prefix: str | None = None) -> list[Hit]:
+        """The k images most like an indexed one (itself left out), from its stored embedding."""
+        hits = self.search_vector(self.item_vector(item_id), k=k + 1, prefix=prefix)
+        others = [h for h in hits if h.id != item_id][:k]
+        return [Hit(rank, h.id, h.score, h.path) for rank, h in enumerate(others, 1)]
 
     def search(
         self,
@@ -202,14 +240,21 @@ class Searcher:
         k: int = 10,
         under: str | Path | None = None,
         min_score: float | None = None,
+        prefix: str | None = None,
     ) -> list[Hit]:
-        """The k images closest to a query vector float32 (d,), best first."""
+        """The k images closest to a query vector float32 (d,), best first.
+
+        under: a folder (absolute, or relative to the current folder or the root); prefix: a
+        folder already relative to the root, used as given (nothing is looked up on disk).
+        """
         if k < 1:
             raise QueryError(f"-k must be at least 1, not {k}")
         catalog = self.collection.catalog
-        allowed = None
         if under is not None:
-            allowed = np.asarray(catalog.ids_under(self.relative_prefix(under)), dtype=np.int64)
+            prefix = self.relative_prefix(under)
+        allowed = None
+        if prefix:
+            allowed = np.asarray(catalog.ids_under(prefix), dtype=np.int64)
             if allowed.size == 0:
                 return []
         scores, ids = self.collection.search(query[None, :], k, allowed_ids=allowed)
@@ -229,11 +274,14 @@ class Searcher:
         source: 'texts' (the collection's own texts), 'vocabulary' (ImageNet's classes), or
         'auto' (the collection's texts when it has any, else the vocabulary).
         """
-        if k < 1:
-            raise QueryError(f"-k must be at least 1, not {k}")
-        if source not in ("auto", "texts", "vocabulary"):
-            raise QueryError(f"unknown source {source!r}; use auto, texts or vocabulary")
-        query = self.encode_image_files([Path(image)])[0]
+        _check_describe(k, source)
+        return self.describe_vector(self.encode_image_files([Path(image)])[0], k=k, source=source)
+
+    def describe_vector(
+        self, query: np.ndarray, *, k: int = 5, source: str = "auto"
+    ) -> list[TextHit]:
+        """As describe, for an image's embedding float32 (d,)."""
+        _check_describe(k, source)
         has_texts = self.collection.catalog.count_texts() > 0
         if source == "texts" or (source == "auto" and has_texts):
             if not has_texts:
@@ -267,3 +315,10 @@ class Searcher:
                 relative = form.relative_to(root).as_posix()
                 return "" if relative == "." else relative
         raise QueryError(f"--under {under}: not inside the indexed folder {root}")
+
+
+def _check_describe(k: int, source: str) -> None:
+    if k < 1:
+        raise QueryError(f"-k must be at least 1, not {k}")
+    if source not in ("auto", "texts", "vocabulary"):
+        raise QueryError(f"unknown source {source!r}; use auto, texts or vocabulary")

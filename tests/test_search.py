@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_photos
+from reference import brute_force
 
-from index.collection import EMBEDDINGS, Collection, default_dir
+from index.collection import Collection, default_dir
 from retrieval.errors import QueryError
 from retrieval.indexer import index_folder
 from retrieval.search import QueryTerm, Searcher, parse_query, parse_term
@@ -24,20 +25,6 @@ def root(tmp_path: Path, encoder) -> Path:
     write_photos(folder, NAMES)
     index_folder(folder, model=encoder.identity, encoder=encoder, batch_size=8)
     return folder
-
-
-def brute_force(root: Path, query: np.ndarray, allowed: set[str] | None = None):
-    """Scores of every stored image, from the raw embedding file and the catalog alone."""
-    directory = default_dir(root)
-    with Collection.open(directory, readonly=True) as collection:
-        dim, dtype = collection.manifest.dim, collection.manifest.embedding_dtype
-        items = [i for i in collection.catalog.items() if i.status == "ok"]
-    raw = np.fromfile(directory / EMBEDDINGS, dtype=dtype).reshape(-1, dim).astype(np.float32)
-    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
-    scores = {i.path: float(raw[i.row] @ query) for i in items}
-    if allowed is not None:
-        scores = {p: s for p, s in scores.items() if p in allowed}
-    return scores
 
 
 def assert_matches_brute_force(hits, scores: dict[str, float], root: Path, k: int):

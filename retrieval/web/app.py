@@ -1,0 +1,328 @@
+"""The web app: a page to search a collection by text or by example image, and its JSON API.
+
+The model is loaded once, when the app is made, and shared by every request. Each worker
+thread reads the collection through its own catalog connection, so a search always sees the
+state that `retrieval index` last committed, even while it runs.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from index.collection import Collection, find_collection
+from index.errors import CollectionError
+
+from ..errors import ImageReadError, QueryError, UnknownItem
+from ..info import collection_info
+from ..models import Encoder
+from ..search import Hit, Searcher, TextHit, parse_text_query
+from . import media
+
+STATIC = Path(__file__).parent / "static"
+THUMBNAILS = "thumbnails"
+DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+MAX_K = 500
+
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results.")]
+Folder = Annotated[str, Query(description="Only images under this folder (relative to the root).")]
+
+
+class HitOut(BaseModel):
+    rank: int
+    id: int
+    score: float
+    path: str
+
+
+class TagOut(BaseModel):
+    rank: int
+    score: float
+    text: str
+
+
+class ItemOut(BaseModel):
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    size: int
+
+
+class FolderOut(BaseModel):
+    folder: str
+    images: int
+
+
+class Engine:
+    """What requests share: the collection's directory and one warm encoder.
+
+    SQLite connections belong to the thread that made them, so each worker thread opens the
+    collection once for itself (cheap: the manifest and a read-only connection).
+    """
+
+    def __init__(self, searcher: Searcher) -> None:
+        self.directory = searcher.collection.dir
+        self.encoder: Encoder = searcher.encoder
+        self.encoder.encode_texts(["warm up"])  # the first run of a session allocates; pay now
+        self._local = threading.local()
+        self._local.searcher = searcher
+        self._folders: tuple[int, list[FolderOut]] = (-1, [])
+
+    @property
+    def searcher(self) -> Searcher:
+        searcher = getattr(self._local, "searcher", None)
+        if searcher is None:
+            collection = Collection.open(self.directory, readonly=True)
+            searcher = Searcher(collection, encoder=self.encoder)
+            self._local.searcher = searcher
+        return searcher
+
+    def folders(self) -> list[FolderOut]:
+        """Every folder holding indexed images (with its images, subfolders included)."""
+        catalog = self.searcher.collection.catalog
+        version = catalog.version
+        if self._folders[0] != version:
+            counts: Counter[str] = Counter()
+            for item in catalog.items():
+                if item.status == "ok":
+                    parts = item.path.split("/")[:-1]
+                    counts.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+            folders = [FolderOut(folder=f, images=n) for f, n in sorted(counts.items())]
+            self._folders = (version, folders)
+        return self._folders[1]
+
+
+def create_app(
+    collection_dir: Path | None = None,
+    *,
+    backend: str = "auto",
+    precision: str = "auto",
+    device: str = "auto",
+    encoder: Encoder | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+) -> FastAPI:
+    """The app for the collection in collection_dir (or the nearest one above the current
+    folder). Loads the model now, so a model that cannot be had fails before serving."""
+    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
+    searcher = Searcher.open(
+        directory, encoder=encoder, backend=backend, precision=precision, device=device
+    )
+    engine = Engine(searcher)
+    app = FastAPI(
+        title="retrieval",
+        summary="Search a photo collection by text or by example image.",
+        version="1",
+    )
+    app.state.engine = engine
+    _errors(app)
+    _upload_limit(app, max_upload_bytes)
+    _routes(app, engine, max_upload_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        """The collection's model, index and counts, and the backend answering queries."""
+        data = collection_info(engine.directory).to_dict()
+        data["query_backend"] = engine.encoder.backend
+        data["query_precision"] = engine.encoder.precision
+        return data
+
+    @app.get("/api/search", response_model=list[HitOut])
+    def search(
+        response: Response,
+        q: Annotated[str, Query(min_length=1, max_length=2000, description="The query.")],
+        k: K = 24,
+        folder: Folder = "",
+    ) -> list[HitOut]:
+        """Images for a text query: `beach - people`, `sunset +2:sea` (weights, `-` subtracts)."""
+        searcher = engine.searcher
+        with _timed(response, "encode"):
+            vector = searcher.embed(parse_text_query(q))
+        with _timed(response, "search"):
+            hits = searcher.search_vector(vector, k=k, prefix=_folder_prefix(folder))
+        return _hits(hits, searcher)
+
+    @app.post("/api/search/image", response_model=list[HitOut])
+    def search_image(
+        response: Response,
+        file: Annotated[UploadFile, File(description="An example image.")],
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 24,
+        folder: Annotated[str, Form()] = "",
+    ) -> list[HitOut]:
+        """Images like an uploaded one."""
+        data = file.file.read(max_upload_bytes + 1)
+        name = Path(file.filename or "upload").name
+        if len(data) > max_upload_bytes:
+            raise media.NotServable(_too_large(name, max_upload_bytes), status=413)
+        if not data:
+            raise QueryError(f"{name}: the upload is empty")
+        searcher = engine.searcher
+        with _timed(response, "encode"):
+            vector = searcher.encode_image(data, name=name)[0]
+        with _timed(response, "search"):
+            hits = searcher.search_vector(vector, k=k, prefix=_folder_prefix(folder))
+        return _hits(hits, searcher)
+
+    @app.get("/api/items/{item_id}", response_model=ItemOut)
+    def item(item_id: int) -> ItemOut:
+        """An indexed image's path (relative to the root), size in bytes and pixel size."""
+        found = engine.searcher.collection.catalog.get(item_id)
+        if found is None or found.status != "ok":
+            raise media.NotServable(f"no indexed image has id {item_id}")
+        return ItemOut(
+            id=found.id, path=found.path, width=found.width, height=found.height, size=found.size
+        )
+
+    @app.get("/api/items/{item_id}/similar", response_model=list[HitOut])
+    def similar(item_id: int, response: Response, k: K = 24, folder: Folder = "") -> list[HitOut]:
+        """More like this: the images closest to an indexed one (itself left out)."""
+        searcher = engine.searcher
+        with _timed(response, "search"):
+            hits = searcher.similar(item_id, k=k, prefix=_folder_prefix(folder))
+        return _hits(hits, searcher)
+
+    @app.get("/api/items/{item_id}/describe", response_model=list[TagOut])
+    def describe(item_id: int, k: Annotated[int, Query(ge=1, le=50)] = 5) -> list[TagOut]:
+        """Texts for an image: the collection's own texts, else ImageNet's classes."""
+        searcher = engine.searcher
+        tags: list[TextHit] = searcher.describe_vector(searcher.item_vector(item_id), k=k)
+        return [TagOut(rank=t.rank, score=t.score, text=t.text) for t in tags]
+
+    @app.get("/api/items/{item_id}/thumbnail", response_class=Response)
+    def thumbnail(item_id: int, request: Request) -> Response:
+        """A JPEG thumbnail (at most 320 px a side, EXIF orientation applied), cached."""
+        file = media.resolve_item(engine.searcher.collection.catalog, _root(engine), item_id)
+        return _cached(request, file, lambda: (_thumbnail(engine, file), "image/jpeg"))
+
+    @app.get("/api/items/{item_id}/image", response_class=Response)
+    def image(item_id: int, request: Request) -> Response:
+        """The image itself (re-encoded as JPEG when a browser cannot show its format)."""
+        file = media.resolve_item(engine.searcher.collection.catalog, _root(engine), item_id)
+        media_type = media.browser_type(file)
+        if media_type is not None:
+            return FileResponse(file.path, media_type=media_type, headers=_cache_headers(file))
+        return _cached(
+            request, file, lambda: (_decoded(file, lambda: media.as_jpeg(file)), "image/jpeg")
+        )
+
+    @app.get("/api/folders", response_model=list[FolderOut])
+    def folders() -> list[FolderOut]:
+        """The folders holding indexed images, for the folder filter."""
+        return engine.folders()
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(QueryError)
+    def bad_query(request: Request, error: QueryError) -> JSONResponse:
+        status = 404 if isinstance(error, UnknownItem) else 400
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    @app.exception_handler(media.NotServable)
+    def not_servable(request: Request, error: media.NotServable) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(CollectionError)
+    def collection_error(request: Request, error: CollectionError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503)
+
+
+def _upload_limit(app: FastAPI, max_upload_bytes: int) -> None:
+    """Refuse an announced oversized upload before its body is read (and spooled to disk)."""
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next: Callable) -> Response:
+        length = request.headers.get("content-length", "")
+        # Multipart framing adds a few hundred bytes to the file itself.
+        if (
+            request.method == "POST"
+            and length.isdigit()
+            and int(length) > max_upload_bytes + 64_000
+        ):
+            return JSONResponse({"detail": _too_large("the upload", max_upload_bytes)}, 413)
+        return await call_next(request)
+
+
+def _too_large(name: str, limit: int) -> str:
+    return f"{name} is over the upload limit of {limit // (1024 * 1024)} MiB; send a smaller image"
+
+
+def _folder_prefix(folder: str) -> str | None:
+    """A folder filter from a request, as a catalog path prefix; never looked up on disk."""
+    folder = folder.strip()
+    if not folder.strip("/"):
+        return None
+    normal = posixpath.normpath(folder.rstrip("/"))
+    if folder.startswith("/") or normal == ".." or normal.startswith("../") or "\\" in folder:
+        raise QueryError(f"folder {folder!r} must be a folder inside the collection, like 'trips'")
+    return None if normal == "." else normal
+
+
+def _hits(hits: list[Hit], searcher: Searcher) -> list[HitOut]:
+    root = searcher.collection.root
+    return [
+        HitOut(
+            rank=h.rank, id=h.id, score=round(h.score, 6), path=h.path.relative_to(root).as_posix()
+        )
+        for h in hits
+    ]
+
+
+def _root(engine: Engine) -> Path:
+    return engine.searcher.collection.root
+
+
+def _thumbnail(engine: Engine, file: media.ServedFile) -> bytes:
+    return _decoded(file, lambda: media.thumbnail(file, engine.directory / THUMBNAILS))
+
+
+def _decoded(file: media.ServedFile, make: Callable[[], Any]) -> Any:
+    try:
+        return make()
+    except ImageReadError as e:
+        raise media.unreadable(file, e) from e
+
+
+def _cache_headers(file: media.ServedFile) -> dict[str, str]:
+    # The id's file may change (re-indexed in place), so browsers revalidate by content hash.
+    return {"ETag": f'"{file.etag}"', "Cache-Control": "no-cache"}
+
+
+def _cached(
+    request: Request, file: media.ServedFile, make: Callable[[], tuple[bytes, str]]
+) -> Response:
+    headers = _cache_headers(file)
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    data, media_type = make()
+    return Response(data, media_type=media_type, headers=headers)
+
+
+@contextmanager
+def _timed(response: Response, name: str) -> Iterator[None]:
+    """Add the step's time to the Server-Timing header, which browsers' tools show."""
+    start = time.perf_counter()
+    yield
+    ms = (time.perf_counter() - start) * 1000
+    previous = response.headers.get("Server-Timing")
+    entry = f"{name};dur={ms:.1f}"
+    response.headers["Server-Timing"] = f"{previous}, {entry}" if previous else entry

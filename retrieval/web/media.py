@@ -1,0 +1,109 @@
+"""The image files the web app serves: only catalogued ones, only inside the root.
+
+A request names an item by its catalog id; the path comes from the catalog, never from the
+request, and is served only if its real location (symlinks resolved) lies under the root.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from index.atomic import write_bytes_atomic
+from index.catalog import STATUS_OK, Catalog
+
+from ..errors import ImageReadError, RetrievalError
+from ..images import load_image
+
+THUMBNAIL_SIDE = 320
+"""Thumbnails fit in a square this many pixels wide (sharp on a 2x screen at 160 CSS px)."""
+
+FULL_SIDE = 4096
+"""Images a browser cannot show natively are re-encoded as JPEG at most this large."""
+
+BROWSER_FORMATS = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".jpe": "image/jpeg",
+    ".jfif": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".avif": "image/avif",
+}
+
+
+class NotServable(RetrievalError):
+    """An item that exists nowhere the app may serve from. `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 404) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    """A catalogued image file, checked to lie inside the root. etag: its content hash."""
+
+    id: int
+    path: Path
+    relative: str
+    etag: str
+
+
+def resolve_item(catalog: Catalog, root: Path, item_id: int) -> ServedFile:
+    """The file of an indexed item, or NotServable (404 unknown, 403 outside the root)."""
+    item = catalog.get(item_id)
+    if item is None or item.status != STATUS_OK:
+        raise NotServable(f"no indexed image has id {item_id}")
+    real_root = root.resolve()
+    real = (root / item.path).resolve()
+    if not real.is_relative_to(real_root):
+        raise NotServable(f"image {item_id} lies outside the indexed folder", status=403)
+    if not real.is_file():
+        raise NotServable(f"image {item_id} ({item.path}) is no longer on disk")
+    return ServedFile(item_id, real, item.path, item.hash or f"{item.size}-{item.mtime_ns}")
+
+
+def thumbnail(file: ServedFile, cache_dir: Path) -> bytes:
+    """A JPEG thumbnail of the upright image, made once and cached by content hash.
+
+    A cache that cannot be written (a read-only collection) costs only the caching.
+    """
+    cached = cache_dir / file.etag[:2] / f"{file.etag}-{THUMBNAIL_SIDE}.jpg"
+    try:
+        return cached.read_bytes()
+    except FileNotFoundError:
+        pass
+    data = _jpeg(load_image(file.path, min_size=THUMBNAIL_SIDE), THUMBNAIL_SIDE, quality=82)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(cached, data)
+    except OSError:
+        return data  # read-only collection: serve it uncached
+    return data
+
+
+def browser_type(file: ServedFile) -> str | None:
+    """The media type to send the file as it is, or None when a browser cannot show it."""
+    return BROWSER_FORMATS.get(file.path.suffix.lower())
+
+
+def as_jpeg(file: ServedFile) -> bytes:
+    """The upright image as JPEG, at most FULL_SIDE a side (for HEIC, TIFF and the like)."""
+    return _jpeg(load_image(file.path, min_size=FULL_SIDE), FULL_SIDE, quality=90)
+
+
+def _jpeg(image: Image.Image, side: int, *, quality: int) -> bytes:
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality, optimize=True)
+    return out.getvalue()
+
+
+def unreadable(file: ServedFile, error: ImageReadError) -> NotServable:
+    return NotServable(f"image {file.id} cannot be decoded: {error.reason}", status=422)
