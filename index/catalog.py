@@ -80,13 +80,13 @@ class Catalog:
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+                self._db = _connect_readonly(uri)
                 schema = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if schema < len(MIGRATIONS):
                     # An older catalog: upgrade it once through a writing connection.
                     self._db.close()
                     Catalog(self.path).close()
-                    self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+                    self._db = _connect_readonly(uri)
                 elif schema > len(MIGRATIONS):
                     raise CorruptCollection(
                         f"{self.path} was written by a newer version of retrieval (schema "
@@ -306,6 +306,11 @@ class Catalog:
             return
         self._db.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in ids])
         self._bump()
+
+
+def _connect_readonly(uri: str) -> sqlite3.Connection:
+    # A reader may be shared by threads that take turns (the web app serialises its reads).
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
 
 
 def _split_sql(script: str) -> list[str]:

@@ -94,6 +94,7 @@ class Collection:
         self.store = self.stores[IMAGE]
         self.text_store = self.stores[TEXT]
         self._lock_fd: int | None = None
+        self._exact_cache: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -269,26 +270,40 @@ class Collection:
         self, queries: np.ndarray, k: int, kind: str, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner-product search in numpy over the stored vectors (or the allowed ones)."""
-        with self.catalog.snapshot():
-            ids, rows = self.catalog.vector_rows(kind)
-        ids_array = np.asarray(ids, dtype=np.int64)
-        rows_array = np.asarray(rows, dtype=np.int64)
+        ids_array, vectors = self._exact_vectors(kind)
         if allowed is not None:
             keep = np.isin(ids_array, allowed)
-            ids_array, rows_array = ids_array[keep], rows_array[keep]
+            ids_array, vectors = ids_array[keep], vectors[keep]
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = max(1, k)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         found = np.full((len(queries), k), -1, dtype=np.int64)
         if len(ids_array) == 0:
             return scores, found
-        all_scores = queries @ self.stores[kind].read(rows_array).T
+        all_scores = queries @ vectors.T
         take = min(k, len(ids_array))
         for q, row in enumerate(all_scores):
-            # Best first; among equal scores the smaller id, as FAISS's flat index orders them.
-            best = np.lexsort((ids_array, -row))[:take]
+            # Only scores at or above the take-th best can place (ties included); among equal
+            # scores the smaller id goes first, as FAISS's flat index orders them.
+            kth = np.partition(row, len(row) - take)[len(row) - take]
+            candidates = np.flatnonzero(row >= kth)
+            best = candidates[np.lexsort((ids_array[candidates], -row[candidates]))[:take]]
             scores[q, :take], found[q, :take] = row[best], ids_array[best]
         return scores, found
+
+    def _exact_vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, d)) of the committed state, read once and kept
+        while the catalog's version stays, so that a long-lived process searches from memory."""
+        with self.catalog.snapshot():
+            version = self.catalog.version_of(kind)
+            cached = self._exact_cache.get(kind)
+            if cached is not None and cached[0] == version:
+                return cached[1], cached[2]
+            ids, rows = self.catalog.vector_rows(kind)
+        ids_array = np.asarray(ids, dtype=np.int64)
+        vectors = self.stores[kind].read(np.asarray(rows, dtype=np.int64))
+        self._exact_cache[kind] = (version, ids_array, vectors)
+        return ids_array, vectors
 
     def _factory(self, kind: str, n: int) -> str:
         from . import ann

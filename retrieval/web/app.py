@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from index.collection import Collection, find_collection
+from index.collection import find_collection
 from index.errors import CollectionError
 
 from ..errors import ImageReadError, QueryError, UnknownItem
@@ -67,42 +67,48 @@ class FolderOut(BaseModel):
 
 
 class Engine:
-    """What requests share: the collection's directory and one warm encoder.
+    """What requests share: one searcher with a warm encoder.
 
-    SQLite connections belong to the thread that made them, so each worker thread opens the
-    collection once for itself (cheap: the manifest and a read-only connection).
+    Requests run in a thread pool. They take turns on the encoder (on a CPU, concurrent runs
+    only fight over the cores) and, separately, on the collection (one SQLite connection, and
+    search structures kept in memory between requests), so one request's search overlaps the
+    next one's encoding. Always the encoder first, then the collection.
     """
 
     def __init__(self, searcher: Searcher) -> None:
+        self._searcher = searcher
         self.directory = searcher.collection.dir
         self.encoder: Encoder = searcher.encoder
         self.encoder.encode_texts(["warm up"])  # the first run of a session allocates; pay now
-        self._local = threading.local()
-        self._local.searcher = searcher
+        self._encoding = threading.Lock()
+        self._reading = threading.Lock()
         self._folders: tuple[int, list[FolderOut]] = (-1, [])
 
-    @property
-    def searcher(self) -> Searcher:
-        searcher = getattr(self._local, "searcher", None)
-        if searcher is None:
-            collection = Collection.open(self.directory, readonly=True)
-            searcher = Searcher(collection, encoder=self.encoder)
-            self._local.searcher = searcher
-        return searcher
+    @contextmanager
+    def encoding(self) -> Iterator[Searcher]:
+        with self._encoding:
+            yield self._searcher
+
+    @contextmanager
+    def reading(self) -> Iterator[Searcher]:
+        with self._reading:
+            yield self._searcher
 
     def folders(self) -> list[FolderOut]:
         """Every folder holding indexed images (with its images, subfolders included)."""
-        catalog = self.searcher.collection.catalog
-        version = catalog.version
-        if self._folders[0] != version:
-            counts: Counter[str] = Counter()
-            for item in catalog.items():
-                if item.status == "ok":
-                    parts = item.path.split("/")[:-1]
-                    counts.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-            folders = [FolderOut(folder=f, images=n) for f, n in sorted(counts.items())]
-            self._folders = (version, folders)
-        return self._folders[1]
+        with self.reading() as searcher:
+            catalog = searcher.collection.catalog
+            version = catalog.version
+            if self._folders[0] == version:
+                return self._folders[1]
+            paths = [item.path for item in catalog.items() if item.status == "ok"]
+        counts: Counter[str] = Counter()
+        for path in paths:
+            parts = path.split("/")[:-1]
+            counts.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        folders = [FolderOut(folder=f, images=n) for f, n in sorted(counts.items())]
+        self._folders = (version, folders)
+        return folders
 
 
 def create_app(
@@ -155,12 +161,11 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         folder: Folder = "",
     ) -> list[HitOut]:
         """Images for a text query: `beach - people`, `sunset +2:sea` (weights, `-` subtracts)."""
-        searcher = engine.searcher
-        with _timed(response, "encode"):
-            vector = searcher.embed(parse_text_query(q))
-        with _timed(response, "search"):
-            hits = searcher.search_vector(vector, k=k, prefix=_folder_prefix(folder))
-        return _hits(hits, searcher)
+        terms, prefix = parse_text_query(q), _folder_prefix(folder)
+        with _timed(response, "encode"), engine.encoding() as searcher:
+            vector = searcher.embed(terms)
+        with _timed(response, "search"), engine.reading() as searcher:
+            return _hits(searcher.search_vector(vector, k=k, prefix=prefix), searcher)
 
     @app.post("/api/search/image", response_model=list[HitOut])
     def search_image(
@@ -176,17 +181,17 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
             raise media.NotServable(_too_large(name, max_upload_bytes), status=413)
         if not data:
             raise QueryError(f"{name}: the upload is empty")
-        searcher = engine.searcher
-        with _timed(response, "encode"):
+        prefix = _folder_prefix(folder)
+        with _timed(response, "encode"), engine.encoding() as searcher:
             vector = searcher.encode_image(data, name=name)[0]
-        with _timed(response, "search"):
-            hits = searcher.search_vector(vector, k=k, prefix=_folder_prefix(folder))
-        return _hits(hits, searcher)
+        with _timed(response, "search"), engine.reading() as searcher:
+            return _hits(searcher.search_vector(vector, k=k, prefix=prefix), searcher)
 
     @app.get("/api/items/{item_id}", response_model=ItemOut)
     def item(item_id: int) -> ItemOut:
         """An indexed image's path (relative to the root), size in bytes and pixel size."""
-        found = engine.searcher.collection.catalog.get(item_id)
+        with engine.reading() as searcher:
+            found = searcher.collection.catalog.get(item_id)
         if found is None or found.status != "ok":
             raise media.NotServable(f"no indexed image has id {item_id}")
         return ItemOut(
@@ -196,28 +201,27 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
     @app.get("/api/items/{item_id}/similar", response_model=list[HitOut])
     def similar(item_id: int, response: Response, k: K = 24, folder: Folder = "") -> list[HitOut]:
         """More like this: the images closest to an indexed one (itself left out)."""
-        searcher = engine.searcher
-        with _timed(response, "search"):
-            hits = searcher.similar(item_id, k=k, prefix=_folder_prefix(folder))
-        return _hits(hits, searcher)
+        prefix = _folder_prefix(folder)
+        with _timed(response, "search"), engine.reading() as searcher:
+            return _hits(searcher.similar(item_id, k=k, prefix=prefix), searcher)
 
     @app.get("/api/items/{item_id}/describe", response_model=list[TagOut])
     def describe(item_id: int, k: Annotated[int, Query(ge=1, le=50)] = 5) -> list[TagOut]:
         """Texts for an image: the collection's own texts, else ImageNet's classes."""
-        searcher = engine.searcher
-        tags: list[TextHit] = searcher.describe_vector(searcher.item_vector(item_id), k=k)
+        with engine.encoding(), engine.reading() as searcher:
+            tags: list[TextHit] = searcher.describe_vector(searcher.item_vector(item_id), k=k)
         return [TagOut(rank=t.rank, score=t.score, text=t.text) for t in tags]
 
     @app.get("/api/items/{item_id}/thumbnail", response_class=Response)
     def thumbnail(item_id: int, request: Request) -> Response:
         """A JPEG thumbnail (at most 320 px a side, EXIF orientation applied), cached."""
-        file = media.resolve_item(engine.searcher.collection.catalog, _root(engine), item_id)
+        file = _served(engine, item_id)
         return _cached(request, file, lambda: (_thumbnail(engine, file), "image/jpeg"))
 
     @app.get("/api/items/{item_id}/image", response_class=Response)
     def image(item_id: int, request: Request) -> Response:
         """The image itself (re-encoded as JPEG when a browser cannot show its format)."""
-        file = media.resolve_item(engine.searcher.collection.catalog, _root(engine), item_id)
+        file = _served(engine, item_id)
         media_type = media.browser_type(file)
         if media_type is not None:
             return FileResponse(file.path, media_type=media_type, headers=_cache_headers(file))
@@ -287,8 +291,10 @@ def _hits(hits: list[Hit], searcher: Searcher) -> list[HitOut]:
     ]
 
 
-def _root(engine: Engine) -> Path:
-    return engine.searcher.collection.root
+def _served(engine: Engine, item_id: int) -> media.ServedFile:
+    with engine.reading() as searcher:
+        collection = searcher.collection
+        return media.resolve_item(collection.catalog, collection.root, item_id)
 
 
 def _thumbnail(engine: Engine, file: media.ServedFile) -> bytes:
