@@ -95,6 +95,7 @@ class Collection:
         self.text_store = self.stores[TEXT]
         self._lock_fd: int | None = None
         self._exact_cache: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._index_cache: dict[str, tuple[tuple, faiss.Index]] = {}
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -215,12 +216,28 @@ class Collection:
         The saved index when it is current; otherwise the saved one brought up to date in place
         (catalog ids are never reused, so the id sets' difference is the change), or rebuilt when
         it cannot be updated or the automatic choice has moved on. Saved when holding the lock.
+        Kept in memory until the catalog, the manifest or the saved file changes, so that a
+        long-lived process (the web app) does not load it for every search.
         """
-        from . import vector_index
-
         space = _SPACES[kind]
         path = self.dir / space.faiss_index
         saved = Manifest.read(self.dir / MANIFEST)
+        key = (
+            self.catalog.version_of(kind),
+            getattr(saved, space.manifest_version),
+            saved.factory,
+            path.stat().st_mtime_ns if path.is_file() else None,
+        )
+        cached = self._index_cache.get(kind)
+        if cached is None or cached[0] != key:
+            cached = (key, self._current_index(kind, path, saved))
+            self._index_cache[kind] = cached
+        return cached[1]
+
+    def _current_index(self, kind: str, path: Path, saved: Manifest) -> faiss.Index:
+        from . import vector_index
+
+        space = _SPACES[kind]
         if (
             getattr(saved, space.manifest_version) == self.catalog.version_of(kind)
             and path.is_file()
