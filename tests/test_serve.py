@@ -343,3 +343,44 @@ def test_serve_warns_when_reachable_from_other_machines_and_refuses_a_busy_port(
     assert refused.returncode == 1
     assert stderr.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert "Traceback" not in stderr
+
+
+def test_the_model_is_loaded_once_for_all_requests(root, tiny_model, monkeypatch):
+    import retrieval.search
+
+    loads = []
+    real = retrieval.search.load_encoder
+
+    def counting(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval.search, "load_encoder", counting)
+    client = TestClient(create_app(default_dir(root), backend="torch", device="cpu"))
+    assert len(loads) == 1  # loaded when the app is made, before the first request
+    for text in ["one", "two", "three"]:
+        assert client.get("/api/search", params={"q": text}).status_code == 200
+    data = (root / "trips/img01.jpg").read_bytes()
+    assert client.post("/api/search/image", files={"file": ("q.jpg", data)}).status_code == 200
+    assert len(loads) == 1
+
+
+def test_concurrent_searches_during_an_index_run_all_succeed(client, root, encoder):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_photos(root, [f"batch/new{i:02d}.jpg" for i in range(24)], first_seed=300)
+    indexer = threading.Thread(
+        target=index_folder, args=(root,), kwargs={"encoder": encoder, "batch_size": 4}
+    )
+    indexer.start()
+    with ThreadPoolExecutor(8) as pool:
+        statuses = []
+        while indexer.is_alive():
+            futures = [
+                pool.submit(client.get, "/api/search", params={"q": f"q{i}"}) for i in range(8)
+            ]
+            statuses += [f.result().status_code for f in futures]
+    indexer.join()
+    assert statuses and set(statuses) == {200}
+    assert len(ids_by_path(client)) == len(NAMES) + 1 + 24
