@@ -564,6 +564,8 @@ def reindex_command(
         tuning = reindex(index, factory=factory, memory_budget=_bytes(memory),
                          target_recall=target_recall)  # fmt: skip
         info = _info_dict(index)
+    if tuning.warning:
+        err.print(f"warning: {tuning.warning}", markup=False)
     if as_json:
         emit_json(info)
         return
@@ -619,6 +621,8 @@ def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -
         + (f", {depth}" if depth else "") + measured
         + f"; {_human_bytes(data['index_bytes'])}, updated {data['index_updates']}"
     )  # fmt: skip
+    if tuning.get("warning"):
+        err.print(f"warning: {tuning['warning']}", markup=False)
     print(f"images      {data['images']}")
     print(f"texts       {data['texts']}")
     print(f"size        {_human_bytes(data['bytes_on_disk'])}")

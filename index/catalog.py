@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import CorruptCollection
 
 STATUS_OK = "ok"
@@ -183,6 +185,12 @@ class Catalog:
                 "SELECT id, row FROM items WHERE status = ? ORDER BY id", (STATUS_OK,)
             ).fetchall()
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def rows_of(self, ids: np.ndarray, kind: str = IMAGE) -> np.ndarray:
+        """The embedding rows int64 (n,) of these image (or text) ids; -1 for an unknown id."""
+        table = "texts" if kind == TEXT else "items"
+        found = dict(self._where_in(f"SELECT id, row FROM {table}", "id", (int(i) for i in ids)))
+        return np.array([found.get(int(i), -1) for i in ids], dtype=np.int64)
 
     def text_ids(self, texts: Iterable[str]) -> dict[str, int]:
         """The ids of those texts that the catalog already holds."""

@@ -15,7 +15,7 @@ import numpy as np
 from .catalog import IMAGE, TEXT, Catalog
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
 from .manifest import Manifest, ModelIdentity
-from .vectors import EmbeddingStore
+from .vectors import EmbeddingStore, StoredVectors
 
 if TYPE_CHECKING:  # faiss costs a fifth of a second to import; small exact searches skip it
     import faiss
@@ -96,6 +96,8 @@ class Collection:
         self._lock_fd: int | None = None
         self._exact_cache: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self._index_cache: dict[str, tuple[tuple, faiss.Index]] = {}
+        self.search_device = "auto"
+        """Where FAISS searches run: auto (a GPU when faiss sees one), cpu, cuda or cuda:N."""
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -210,6 +212,14 @@ class Collection:
             ids, rows = self.catalog.vector_rows(kind)
         return np.asarray(ids, dtype=np.int64), self.stores[kind].read(rows), version
 
+    def stored(self, kind: str = IMAGE) -> tuple[np.ndarray, StoredVectors, int]:
+        """Like vectors(), but the vectors are a lazy view of the memory-mapped store, read and
+        converted to float32 only in the chunks asked for."""
+        with self.catalog.snapshot():
+            version = self.catalog.version_of(kind)
+            ids, rows = self.catalog.vector_rows(kind)
+        return np.asarray(ids, dtype=np.int64), self.stores[kind].view(rows), version
+
     def faiss_index(self, kind: str = IMAGE) -> faiss.Index:
         """The FAISS index of the committed images (or texts).
 
@@ -243,7 +253,7 @@ class Collection:
             and path.is_file()
         ):
             return vector_index.load(path)
-        ids, vectors, version = self.vectors(kind)
+        ids, vectors, version = self.stored(kind)
         index = self._updated(kind, path, ids, vectors)
         if index is None:
             index = self._rebuilt(kind, ids, vectors)
@@ -258,12 +268,15 @@ class Collection:
         *,
         kind: str = IMAGE,
         allowed_ids: np.ndarray | None = None,
+        device: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best (scores float32 (q, k), ids int64 (q, k)) for queries float32 (q, d).
 
         allowed_ids restricts the results to those ids. When they are few and the index is
         approximate, they are scored exactly instead: an IVF index probes only some lists, and
-        a narrow filter would leave most of them empty.
+        a narrow filter would leave most of them empty. A compressed index's candidates are
+        re-ranked exactly from the stored embeddings. device (default: self.search_device)
+        says where FAISS searches: a GPU when faiss sees one, unless "cpu".
         """
         allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
         exact = kind == TEXT or self._current_manifest().factory == "Flat"
@@ -271,12 +284,57 @@ class Collection:
             return self._exact(queries, k, kind, allowed)
         from . import ann, vector_index
 
-        index = self.faiss_index(kind)
-        params = self.manifest.search_params if kind == IMAGE else {}
+        params = dict(self.manifest.search_params) if kind == IMAGE else {}
+        refine = params.pop("refine", 0)
+        depth = k * refine if refine else k
+        index = self._search_index(kind, depth, params, allowed, device)
         few = allowed is not None and len(allowed) <= NUMPY_EXACT_LIMIT
         if few and ann.depth_parameter(index) is not None:
             return self._exact(queries, k, kind, allowed)
-        return vector_index.search(index, queries, k, allowed, params)
+        scores, found = vector_index.search(index, queries, depth, allowed, params)
+        if refine:
+            return ann.rerank(queries, found, lambda ids: self._vectors_of(ids, kind), k)
+        return scores, found
+
+    def _search_index(
+        self,
+        kind: str,
+        depth: int,
+        params: dict[str, int],
+        allowed: np.ndarray | None,
+        device: str | None,
+    ) -> faiss.Index:
+        """The FAISS index to search: its GPU copy (made once per index version) when there is
+        a GPU and the search can run there, else the index itself."""
+        from . import vector_index
+
+        gpu = vector_index.gpu_device(device or self.search_device)
+        if gpu is None or (kind == IMAGE and "HNSW" in self.manifest.factory):  # no GPU HNSW
+            return self.faiss_index(kind)
+        path = self.dir / _SPACES[kind].faiss_index
+        # A reindex rewrites the index without changing the catalog's version; its file's time
+        # and the factory tell the copies apart.
+        saved = path.stat().st_mtime_ns if path.is_file() else None
+        version = (self.catalog.version_of(kind), self.manifest.factory, saved, gpu)
+        loaded: list[faiss.Index] = []
+
+        def load() -> faiss.Index:
+            loaded.append(self.faiss_index(kind))
+            return loaded[0]
+
+        key = (str(self.dir), kind)
+        copy = vector_index.GPU_COPIES.get(key, version, gpu, load)
+        if copy is not None and vector_index.runs_on_gpu(copy, depth, params, allowed is not None):
+            return copy
+        return loaded[0] if loaded else self.faiss_index(kind)
+
+    def _vectors_of(self, ids: np.ndarray, kind: str) -> np.ndarray:
+        """The stored vectors float32 (n, d) of these ids; NaN rows for ids no longer stored."""
+        rows = self.catalog.rows_of(ids, kind)
+        vectors = np.full((len(ids), self.manifest.dim), np.nan, dtype=np.float32)
+        known = rows >= 0
+        vectors[known] = self.stores[kind].read(rows[known])
+        return vectors
 
     def _current_manifest(self) -> Manifest:
         if self._lock_fd is None:
@@ -332,7 +390,7 @@ class Collection:
         return self.manifest.factory
 
     def _updated(
-        self, kind: str, path: Path, ids: np.ndarray, vectors: np.ndarray
+        self, kind: str, path: Path, ids: np.ndarray, vectors: StoredVectors
     ) -> faiss.Index | None:
         from . import ann, vector_index
 
@@ -346,12 +404,13 @@ class Collection:
             return None
         if gone.size:
             index.remove_ids(gone)
-        new = ~np.isin(ids, held)
-        if new.any():
-            index.add_with_ids(vectors[new], ids[new])
+        new = np.flatnonzero(~np.isin(ids, held))
+        for start in range(0, len(new), ann.CHUNK):
+            chunk = new[start : start + ann.CHUNK]
+            index.add_with_ids(vectors[chunk], ids[chunk])
         return index
 
-    def _rebuilt(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+    def _rebuilt(self, kind: str, ids: np.ndarray, vectors: StoredVectors) -> faiss.Index:
         from . import ann
 
         factory = self._factory(kind, len(ids))
@@ -398,7 +457,7 @@ class Collection:
             self.manifest.target_recall = target_recall
         if factory is not None:
             self.manifest.factory = factory
-        ids, vectors, version = self.vectors(IMAGE)
+        ids, vectors, version = self.stored(IMAGE)
         index = self._rebuilt(IMAGE, ids, vectors)
         self._save(IMAGE, index, version)
         from .ann import Tuning

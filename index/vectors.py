@@ -63,3 +63,23 @@ class EmbeddingStore:
         vectors = np.asarray(mapped[rows], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
+
+    def view(self, rows: np.ndarray | list[int]) -> StoredVectors:
+        """The vectors at these rows, read (and converted to float32) only when indexed."""
+        return StoredVectors(self, np.asarray(rows, dtype=np.int64))
+
+
+class StoredVectors:
+    """A lazy (n, dim) float32 view of some rows of a store: `view[key]` reads rows[key] (a
+    slice, an integer array or a boolean mask) from the memory map, L2-normalised."""
+
+    def __init__(self, store: EmbeddingStore, rows: np.ndarray) -> None:
+        self.store = store
+        self.rows = rows
+        self.shape = (len(rows), store.dim)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        return self.store.read(np.atleast_1d(self.rows[key]))
