@@ -384,3 +384,16 @@ def test_concurrent_searches_during_an_index_run_all_succeed(client, root, encod
     indexer.join()
     assert statuses and set(statuses) == {200}
     assert len(ids_by_path(client)) == len(NAMES) + 1 + 24
+
+
+def test_a_loopback_server_refuses_other_host_names(root, encoder):
+    from retrieval.web.server import LOOPBACK_NAMES
+
+    app = create_app(default_dir(root), encoder=encoder, allowed_hosts=LOOPBACK_NAMES)
+    for base in ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"]:
+        assert TestClient(app, base_url=base).get("/api/info").status_code == 200, base
+    # A page on another domain that resolves to 127.0.0.1 (DNS rebinding) gets nothing.
+    rebound = TestClient(app, base_url="http://attacker.example:8000")
+    assert rebound.get("/api/info").status_code == 400
+    item_id = ids_by_path(TestClient(app, base_url=base))["home/img00.jpg"]
+    assert rebound.get(f"/api/items/{item_id}/image").status_code == 400

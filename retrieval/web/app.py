@@ -20,6 +20,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from index.collection import find_collection
 from index.errors import CollectionError
@@ -119,9 +120,15 @@ def create_app(
     device: str = "auto",
     encoder: Encoder | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The app for the collection in collection_dir (or the nearest one above the current
-    folder). Loads the model now, so a model that cannot be had fails before serving."""
+    folder). Loads the model now, so a model that cannot be had fails before serving.
+
+    allowed_hosts: the Host headers to answer (None: any). A server on loopback should name
+    only loopback names, so that a web page whose domain is made to resolve to 127.0.0.1 (DNS
+    rebinding) cannot read the collection through the visitor's browser.
+    """
     directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
     searcher = Searcher.open(
         directory, encoder=encoder, backend=backend, precision=precision, device=device
@@ -133,6 +140,8 @@ def create_app(
         version="1",
     )
     app.state.engine = engine
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     _errors(app)
     _upload_limit(app, max_upload_bytes)
     _routes(app, engine, max_upload_bytes)

@@ -24,6 +24,10 @@ class Listening:
     loopback: bool
 
 
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+"""The Host headers a server on loopback answers (with any port)."""
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -47,7 +51,8 @@ def serve(
 
     from .app import create_app
 
-    app = create_app(collection_dir, **app_options)  # type: ignore[arg-type]
+    hosts = LOOPBACK_NAMES if is_loopback(host) else None
+    app = create_app(collection_dir, allowed_hosts=hosts, **app_options)  # type: ignore[arg-type]
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
