@@ -138,6 +138,9 @@ def create_app(
         title="retrieval",
         summary="Search a photo collection by text or by example image.",
         version="1",
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN; the app works offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine = engine
     if allowed_hosts is not None:
