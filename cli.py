@@ -88,9 +88,20 @@ def index_command(
     device: str = DeviceOption,
     precision: str = PrecisionOption,
     backend: str = BackendOption,
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Images per model call (default: 32 on a CPU, 256 on CUDA).",
+    ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Decoding threads (default: one per core)."
+    ),
+    decode: str = typer.Option(
+        "auto",
+        "--decode",
+        help="Where JPEGs are decoded: cpu (threads), gpu (nvJPEG on the CUDA device), or auto "
+        "(cpu for now).",
     ),
     exclude: list[str] = typer.Option(
         [], "--exclude", help="Glob of paths or names to skip; repeat for several."
@@ -124,6 +135,7 @@ def index_command(
             exclude=exclude,
             progress=on_progress,
             backend=backend,
+            decode=decode,
         )
     summary = {
         "root": str(report.root),

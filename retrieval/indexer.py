@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from index.collection import Collection, default_dir, find_collection
 from index.errors import CollectionError
 from index.manifest import ModelIdentity
 
-from .errors import RetrievalError
+from .errors import ImageReadError, RetrievalError
+from .gpu_decode import JpegDecoder, JpegJob
+from .images import load_image
 from .models import DEFAULT_MODEL, Encoder, load_encoder
 from .pipeline import Decoded, decode_files
 from .scan import FileInfo, ScanProblem, scan, stat_files
@@ -96,7 +99,7 @@ def index_folder(
     model: ModelIdentity | None = None,
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     exclude: Sequence[str] = (),
     embedding_dtype: str = "float16",
@@ -105,15 +108,20 @@ def index_folder(
     paths: Sequence[str] | None = None,
     draft: bool = True,
     backend: str = "auto",
+    decode: str = "auto",
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
 
     paths: index exactly these files (relative to root) instead of scanning the folder; the
     collection then holds only them (a dataset's images among other files, say).
+    batch_size: images per model call (default: default_batch_size).
     draft: decode large JPEGs at a reduced DCT scale (fast); False decodes every pixel, as
     open_clip's reference preprocessing does (benchmarks that must match published numbers).
     backend: auto (ONNX Runtime on a CPU, PyTorch on CUDA), torch, or onnx (precision fp32 or
     int8).
+    decode: where JPEGs are decoded: cpu (worker threads), gpu (nvJPEG, batched, on the CUDA
+    device that encodes; other formats and files it refuses still go to the CPU), or auto
+    (for now the CPU: benchmarks/gpu_check.sh measures which is faster).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs
@@ -122,8 +130,10 @@ def index_folder(
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
+    if decode not in DECODERS:
+        raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     if (directory / "manifest.json").is_file():
         collection = Collection.open(directory)
@@ -170,12 +180,49 @@ def index_folder(
 
     with collection, collection.locked():
         run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress, draft)
+        run.decode = decode
         try:
             return run.execute(exclude, paths)
         except KeyboardInterrupt:
             # Whatever was committed stays; make the saved index match it before leaving.
             collection.sync_index()
             raise
+
+
+DECODERS = ("auto", "cpu", "gpu")
+
+
+def default_batch_size(encoder: Encoder) -> int:
+    """32 images a call on a CPU; 256 on a GPU, whose encoder halves a batch that runs out of
+    memory and keeps to the size that fitted."""
+    return 256 if str(getattr(encoder, "device", "cpu")).startswith("cuda") else 32
+
+
+def jpeg_decoder(decode: str, encoder: Encoder) -> JpegDecoder | None:
+    """The device decoder that --decode asks for, or None to decode on the CPU."""
+    if decode != "gpu":
+        return None  # auto: the CPU, until benchmarks/gpu_check.sh shows nvJPEG ahead
+    device = str(getattr(encoder, "device", "cpu"))
+    if encoder.backend != "torch" or not device.startswith("cuda"):
+        raise RetrievalError(
+            "--decode gpu needs the torch backend on a CUDA device (--device cuda); "
+            "use --decode cpu here"
+        )
+    interpolation = encoder.preprocess_cfg.get("interpolation", "bicubic")
+    resize_mode = encoder.preprocess_cfg.get("resize_mode", "shortest")
+    if interpolation != "bicubic" or resize_mode not in ("shortest", "squash"):
+        raise RetrievalError(
+            f"--decode gpu does not support this model's preprocessing ({interpolation}, "
+            f"{resize_mode}); use --decode cpu"
+        )
+    return JpegDecoder(device, encoder.image_size, resize_mode, _cpu_fallback(encoder))
+
+
+def _cpu_fallback(encoder: Encoder) -> Callable[[bytes, str], np.ndarray]:
+    def decode_on_cpu(data: bytes, name: str) -> np.ndarray:
+        return encoder.prepare(load_image(data, min_size=encoder.min_side, name=name))
+
+    return decode_on_cpu
 
 
 def _remember_encoder(collection: Collection, encoder: Encoder) -> None:
@@ -192,7 +239,7 @@ class _IndexRun:
         collection: Collection,
         root: Path,
         get_encoder: Callable[[], Encoder],
-        batch_size: int,
+        batch_size: int | None,
         workers: int | None,
         progress: ProgressCallback | None,
         draft: bool = True,
@@ -210,6 +257,8 @@ class _IndexRun:
         self.by_hash: dict[str, list[Item]] = {}
         self.missing: dict[int, Item] = {}
         self.batch: list[Decoded] = []
+        self.decode = "auto"
+        self.jpeg_decoder: JpegDecoder | None = None
 
     def execute(self, exclude: Sequence[str], paths: Sequence[str] | None) -> IndexReport:
         started = time.perf_counter()
@@ -252,6 +301,8 @@ class _IndexRun:
 
     def _process(self, todo: list[FileInfo]) -> None:
         encoder = self.get_encoder()
+        self.batch_size = self.batch_size or default_batch_size(encoder)
+        self.jpeg_decoder = jpeg_decoder(self.decode, encoder)
         decoded = decode_files(
             self.root,
             todo,
@@ -261,12 +312,13 @@ class _IndexRun:
             workers=self.workers,
             # Two batches ahead: the next batch is ready when the model finishes this one.
             window=2 * self.batch_size + (self.workers or 0) + 2,
+            jpeg_to_device=self.jpeg_decoder is not None,
         )
         done = 0
         pending: list[Decoded] = []
         for result in decoded:
             done += 1
-            if result.pixels is not None:
+            if result.decodable:
                 self.batch.append(result)
             else:
                 pending.append(result)
@@ -283,9 +335,12 @@ class _IndexRun:
         vectors = None
         if batch:
             started = time.perf_counter()
-            vectors = encoder.encode_images(np.stack([d.pixels for d in batch]))
+            pixels, batch, failed = self._model_input(batch)
+            others = others + failed
+            if batch:
+                vectors = encoder.encode_images(pixels)
+                self.report.encoded += len(batch)
             self.report.encode_seconds += time.perf_counter() - started
-            self.report.encoded += len(batch)
         with self.catalog.transaction():
             if vectors is not None:
                 first = self.catalog.reserve_rows(len(batch))
@@ -297,6 +352,30 @@ class _IndexRun:
                     self._record_error(result)
                 else:
                     self._reuse(result)
+
+    def _model_input(self, batch: list[Decoded]) -> tuple[Any, list[Decoded], list[Decoded]]:
+        """(uint8 (n, H, W, 3) model input, the results it holds, the results that failed).
+
+        JPEGs left for the device are decoded there now, in one batch; the input is then a
+        tensor on the device, where the CPU-decoded rest joins it."""
+        if self.jpeg_decoder is None or all(d.jpeg is None for d in batch):
+            return np.stack([d.pixels for d in batch]), batch, []
+        import torch
+
+        jobs = [JpegJob(d.jpeg, d.header, d.file.path) for d in batch if d.jpeg is not None]
+        on_device = iter(self.jpeg_decoder.decode(jobs))
+        images, kept, failed = [], [], []
+        for result in batch:
+            if result.jpeg is None:
+                image = torch.from_numpy(result.pixels.copy()).to(self.jpeg_decoder.device)
+            else:
+                image = next(on_device)
+                if isinstance(image, ImageReadError):
+                    failed.append(replace(result, jpeg=None, error=image.reason))
+                    continue
+            images.append(image)
+            kept.append(result)
+        return (torch.stack(images) if images else None), kept, failed
 
     def _put(self, result: Decoded, row: int) -> None:
         file = result.file

@@ -108,6 +108,8 @@ class Encoder:
     preprocess_cfg: dict[str, Any] = field(default_factory=dict)
     backend: str = "torch"
     _weights_hash: str | None = None
+    _batch_limit: int | None = None
+    """The largest batch the GPU's memory took, once a larger one ran out of it."""
 
     @property
     def weights_hash(self) -> str:
@@ -127,20 +129,46 @@ class Encoder:
         """Resize and crop an RGB image as the model expects: uint8 (H, W, 3)."""
         return np.asarray(self.geometry(image), dtype=np.uint8)
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """Embed prepared images.
 
-        pixels: uint8 (n, H, W, 3). Returns float32 (n, dim), L2-normalised.
+        pixels: uint8 (n, H, W, 3), in host memory or already on the device. Returns float32
+        (n, dim), L2-normalised. A batch too large for the GPU's memory is split in halves, and
+        later batches in pieces of the size that fitted.
         """
         import torch
 
-        batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(
-            self.device, non_blocking=True
-        )
+        limit = self._batch_limit or len(pixels)
+        if len(pixels) > limit:
+            parts = [pixels[i : i + limit] for i in range(0, len(pixels), limit)]
+            return np.concatenate([self.encode_images(part) for part in parts])
+        try:
+            return self._encode_images(pixels)
+        except torch.cuda.OutOfMemoryError:
+            if len(pixels) == 1:
+                raise
+            torch.cuda.empty_cache()
+            self._batch_limit = len(pixels) // 2  # and so for every later batch
+            return self.encode_images(pixels)
+
+    def _encode_images(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        import torch
+
+        if isinstance(pixels, torch.Tensor):
+            batch = pixels.to(self.device)
+        else:
+            batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
+            if self.device.startswith("cuda"):
+                # Pinned pages let the copy run as DMA, without a staging copy by the driver.
+                batch = batch.pin_memory()
+            batch = batch.to(self.device, non_blocking=True)
+        # uint8 crosses the bus (a quarter of float32's bytes); the device normalises.
         batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         batch = (batch - mean) / std
+        if self.device.startswith("cuda"):
+            batch = batch.contiguous(memory_format=torch.channels_last)  # as the model's weights
         with torch.inference_mode(), self._autocast():
             features = self.model.encode_image(batch)
         return _normalised(features)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageReadError
+from .gpu_decode import JpegHeader, read_header
 from .images import DEFAULT_MAX_PIXELS, decode_image
 from .scan import FileInfo
 
@@ -27,8 +28,9 @@ from .scan import FileInfo
 class Decoded:
     """One file after reading.
 
-    Exactly one of: `pixels` (uint8 (H, W, 3), ready for the model), `known` (its content hash
-    is already embedded, so it was not decoded), or `error` (why it cannot be read).
+    Exactly one of: `pixels` (uint8 (H, W, 3), ready for the model), `jpeg` (the bytes of a
+    JPEG left for the GPU to decode, with its `header`), `known` (its content hash is already
+    embedded, so it was not decoded), or `error` (why it cannot be read).
     """
 
     file: FileInfo
@@ -38,6 +40,13 @@ class Decoded:
     height: int | None = None
     known: bool = False
     error: str | None = None
+    jpeg: bytes | None = None
+    header: JpegHeader | None = None
+
+    @property
+    def decodable(self) -> bool:
+        """Whether it goes to the model: decoded pixels, or a JPEG for the device."""
+        return self.pixels is not None or self.jpeg is not None
 
 
 def content_hash(data: bytes) -> str:
@@ -59,13 +68,18 @@ def decode_files(
     workers: int | None = None,
     window: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_to_device: bool = False,
 ) -> Iterator[Decoded]:
-    """Decode files in parallel, yielding results in the order of `files`."""
+    """Decode files in parallel, yielding results in the order of `files`.
+
+    jpeg_to_device: leave JPEGs a device can decode undecoded (`jpeg` and `header` instead of
+    `pixels`), for retrieval.gpu_decode.
+    """
     workers = workers or default_workers()
     window = window or workers * 8
 
     def work(file: FileInfo) -> Decoded:
-        return _decode_one(root, file, prepare, min_side, known_hashes, max_pixels)
+        return _decode_one(root, file, prepare, min_side, known_hashes, max_pixels, jpeg_to_device)
 
     pending: deque[Future[Decoded]] = deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
@@ -89,6 +103,7 @@ def _decode_one(
     min_side: int | None,
     known_hashes: Container[str],
     max_pixels: int,
+    jpeg_to_device: bool = False,
 ) -> Decoded:
     try:
         data = (root / file.path).read_bytes()
@@ -102,6 +117,10 @@ def _decode_one(
     if digest in known_hashes:
         return Decoded(file, hash=digest, known=True)
     try:
+        header = read_header(data, file.path, max_pixels) if jpeg_to_device else None
+        if header is not None:
+            size = {"width": header.width, "height": header.height}
+            return Decoded(file, hash=digest, jpeg=data, header=header, **size)
         image, (width, height) = decode_image(
             data, min_size=min_side, max_pixels=max_pixels, name=file.path
         )
