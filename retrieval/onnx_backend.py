@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,10 @@ class OnnxEncoder:
     weights_hash: str = ""
     device: str = "cpu"
     backend: str = "onnx"
-    _sessions: dict[str, Any] = field(default_factory=dict)
+    _sessions: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
+    _prepacked: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
+    _used: set[str] = field(default_factory=set, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def min_side(self) -> int:
@@ -80,25 +86,57 @@ class OnnxEncoder:
 
     def start(self, tower: str) -> None:
         """Begin loading a tower's session in the background (ONNX Runtime releases the GIL)."""
-        if tower not in self._sessions:
-            from concurrent.futures import ThreadPoolExecutor
+        with self._lock:
+            if tower not in self._sessions:
+                self._sessions[tower] = _in_background(self._load_session, tower, False)
 
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnx-{tower}")
-            self._sessions[tower] = pool.submit(self._load_session, tower)
-            pool.shutdown(wait=False)
+    def settle(self, tower: str) -> None:
+        """Load the tower's session for repeated calls now, and wait for it (benchmarks)."""
+        with self._lock:
+            if tower not in self._prepacked:
+                self._prepacked[tower] = _in_background(self._load_session, tower, True)
+            self._sessions[tower] = self._prepacked[tower]
+        self._sessions[tower].result()
 
     def _session(self, tower: str) -> Any:
-        self.start(tower)
-        return self._sessions[tower].result()
+        """The session to run now.
 
-    def _load_session(self, tower: str) -> Any:
+        The first call of a tower runs on a session that uses the weights as stored: it starts
+        in a fraction of the time (ViT-B-32's text tower: 0.02 s instead of 0.15 s; its image
+        tower: 0.05 s instead of 0.6 s), which is what a one-off query needs. The second call
+        starts loading, in the background, a session whose weights ONNX Runtime prepacks for its
+        matrix products (1.5x the speed for one text, 2 to 3x for one image, 1.0 to 1.2x at batch
+        16), and the calls after use it as soon as it is ready. Both give the same embeddings up
+        to float rounding.
+        """
+        self.start(tower)
+        with self._lock:
+            prepacked = self._prepacked.get(tower)
+            if prepacked is None and tower in self._used:
+                self._prepacked[tower] = _in_background(self._load_session, tower, True)
+            elif prepacked is not None and prepacked.done():
+                self._sessions[tower] = prepacked
+            self._used.add(tower)
+            session = self._sessions[tower]
+        return session.result()
+
+    def _load_session(self, tower: str, prepacked: bool) -> Any:
         import onnxruntime
 
         # The cached graph was optimised at export: no start-up time is spent on it again.
         path = self.folder / f"{tower}_{self.precision}.onnx"
-        return onnxruntime.InferenceSession(
-            str(path), _quiet_options(), providers=["CPUExecutionProvider"]
-        )
+        options = _quiet_options()
+        if not prepacked:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _in_background(function: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Run function(*args) in a thread of its own; the process waits for it at exit."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-session")
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _normalised(features: np.ndarray) -> np.ndarray:
@@ -175,8 +213,9 @@ def load_onnx_encoder(
 def _valid_meta(folder: Path, precision: str, towers: Sequence[str]) -> dict[str, Any] | None:
     """The export's metadata if every file it needs is there and unchanged, else None.
 
-    Size and mtime are checked on every start (cheap); a file whose stat changed is hashed
-    before it is trusted again, so a corrupted or truncated export is rebuilt, never used.
+    Each tower is two files, its graph and its weights. Size and mtime are checked on every
+    start (cheap); a file whose stat changed is hashed before it is trusted again, so a corrupted
+    or truncated export is rebuilt, never used.
     """
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -184,19 +223,33 @@ def _valid_meta(folder: Path, precision: str, towers: Sequence[str]) -> dict[str
         return None
     files = meta.get("files", {})
     for tower in towers:
-        name = f"{tower}_{precision}.onnx"
-        record = files.get(name)
-        if record is None:
-            return None
-        try:
-            stat = (folder / name).stat()
-        except OSError:
-            return None
-        if stat.st_size != record["size"]:
-            return None
-        if stat.st_mtime_ns != record["mtime_ns"] and _sha256(folder / name) != record["sha256"]:
-            return None
+        graph = f"{tower}_{precision}.onnx"
+        for name in (graph, weights_file(graph)):
+            if not _unchanged(folder / name, files.get(name)):
+                return None
     return meta
+
+
+def weights_file(graph: str) -> str:
+    """The name of the file beside a stored graph that holds its large weights."""
+    return graph + ".data"
+
+
+def _unchanged(path: Path, record: dict[str, Any] | None) -> bool:
+    if record is None:  # e.g. an export from before the weights lived in their own file
+        return False
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size != record["size"]:
+        return False
+    return stat.st_mtime_ns == record["mtime_ns"] or _sha256(path) == record["sha256"]
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(path)}
 
 
 def _sha256(path: Path) -> str:
@@ -291,13 +344,13 @@ def export(identity: ModelIdentity, folder: Path, precision: str) -> dict[str, A
         cosine = _export_tower(model, tower, sample, folder / name, precision, reference[tower])
         if precision == "fp32" and cosine < FP32_MIN_COSINE:
             (folder / name).unlink(missing_ok=True)
+            (folder / weights_file(name)).unlink(missing_ok=True)
             raise ModelLoadError(
                 f"the ONNX export of {identity}'s {tower} tower disagrees with PyTorch (cosine "
                 f"{cosine:.6f} < {FP32_MIN_COSINE}); it was not used; use --backend torch"
             )
-        stat = (folder / name).stat()
-        meta["files"][name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                               "sha256": _sha256(folder / name)}  # fmt: skip
+        for stored in (name, weights_file(name)):
+            meta["files"][stored] = _file_record(folder / stored)
         meta["checks"][name] = {"min_cosine_to_torch": cosine}
     meta.update(
         model=identity.name, pretrained=identity.pretrained, dim=reference["image"].shape[1],
@@ -319,14 +372,16 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
 def _export_tower(
     model: Any, tower: str, sample: Any, path: Path, precision: str, reference: np.ndarray
 ) -> float:
-    """Export one tower to path (atomically), quantise it for int8, and return the smallest
-    cosine between its embeddings and PyTorch's on the probe inputs."""
+    """Export one tower to path and its weights file beside it, quantised for int8, and return
+    the smallest cosine between its embeddings and PyTorch's on the probe inputs.
+
+    Everything is built in a scratch folder beside path, checked there, and moved into place
+    with os.replace; meta.json, written after, vouches for the pair."""
+    import tempfile
     import warnings
 
     import onnxruntime
     import torch
-
-    from index.atomic import atomic_path
 
     class Tower(torch.nn.Module):
         def __init__(self) -> None:
@@ -339,33 +394,83 @@ def _export_tower(
             return self.model.encode_text(x)
 
     input_name = "pixels" if tower == "image" else "tokens"
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
-        fp32 = tmp.with_suffix(".fp32.onnx")
+        plain = Path(scratch) / "fp32.onnx"
         torch.onnx.export(
-            Tower(), (sample,), str(fp32), input_names=[input_name],
+            Tower(), (sample,), str(plain), input_names=[input_name],
             output_names=["embeddings"], opset_version=17, dynamo=False,
             dynamic_axes={input_name: {0: "batch"}, "embeddings": {0: "batch"}},
         )  # fmt: skip
-        plain = fp32
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            plain = tmp.with_suffix(".int8.onnx")
+            quantised = Path(scratch) / "int8.onnx"
             logging.disable(logging.WARNING)  # it suggests a pre-processing step we do not need
             try:
-                quantize_dynamic(str(fp32), str(plain), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(plain), str(quantised), weight_type=QuantType.QInt8)
             finally:
                 logging.disable(logging.NOTSET)
-            fp32.unlink()
-        _optimise(plain, tmp)
-        plain.unlink()
+            plain = quantised
+        optimised = Path(scratch) / "optimised.onnx"
+        _optimise(plain, optimised)
+        staged = Path(scratch) / path.name
+        _store_weights_apart(optimised, staged)
         session = onnxruntime.InferenceSession(
-            str(tmp), _quiet_options(), providers=["CPUExecutionProvider"]
+            str(staged), _quiet_options(), providers=["CPUExecutionProvider"]
         )
         got = _normalised(session.run(None, {input_name: sample.numpy()})[0])
         del session
+        _move_into_place(staged.with_name(weights_file(staged.name)), path.parent)
+        _move_into_place(staged, path.parent)
     return float((got * reference).sum(axis=1).min())
+
+
+WEIGHTS_ALIGNMENT = 1 << 16
+"""Offsets of the weights in their file: a multiple of the largest page or mapping granularity,
+so that ONNX Runtime maps them from the file instead of copying them."""
+
+
+def _store_weights_apart(source: Path, target: Path) -> None:
+    """Save source's graph as target, with its weights of 64 KiB or more in a file beside it
+    (weights_file), each at an aligned offset.
+
+    ONNX Runtime then maps those weights from the file rather than parsing them out of the graph
+    and copying them: ViT-B-32's text tower starts in about a third of the time at less than half
+    the peak memory, and the rows of the token embedding table that a query never looks up are
+    never read. The values are unchanged, so are the embeddings.
+    """
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load(str(source))
+    location = weights_file(target.name)
+    with open(target.with_name(location), "wb") as data:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < WEIGHTS_ALIGNMENT:
+                continue
+            data.write(b"\0" * (-data.tell() % WEIGHTS_ALIGNMENT))
+            offset = data.tell()
+            data.write(tensor.raw_data)
+            set_external_data(tensor, location, offset, len(tensor.raw_data))
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(model, str(target))
+
+
+def _move_into_place(staged: Path, folder: Path) -> None:
+    """Move a finished file from the scratch folder into folder, durably."""
+    with open(staged, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(staged, folder / staged.name)
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _quiet_options(optimisation: str = "ORT_DISABLE_ALL") -> Any:
