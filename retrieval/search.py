@@ -123,6 +123,7 @@ class Searcher:
         if model is not None:
             collection.check_model(model)
         self.collection = collection
+        collection.search_device = device  # FAISS on the GPU too when the model is there
         self._encoder = encoder
         self._device = device
         self._precision = precision
