@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: runs benchmarks/gpu_check.py (FAISS on the GPU against the CPU, then the model
-# towers and GPU JPEG decoding) and exits
-# non-zero when it fails, or when there is no GPU to check. Arguments go to the script.
+# towers and GPU JPEG decoding) and exits non-zero when it fails, or when there is no GPU to
+# check. Arguments go to the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-.venv/bin/python}"
