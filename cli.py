@@ -97,6 +97,11 @@ def index_command(
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Decoding threads (default: one per core)."
     ),
+    embeddings: str | None = typer.Option(
+        None,
+        "--embeddings",
+        help="How a new collection stores embeddings: float16 (default) or float32.",
+    ),
     decode: str = typer.Option(
         "auto",
         "--decode",
@@ -136,6 +141,7 @@ def index_command(
             progress=on_progress,
             backend=backend,
             decode=decode,
+            embedding_dtype=embeddings,
         )
     summary = {
         "root": str(report.root),

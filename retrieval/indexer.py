@@ -102,7 +102,7 @@ def index_folder(
     batch_size: int | None = None,
     workers: int | None = None,
     exclude: Sequence[str] = (),
-    embedding_dtype: str = "float16",
+    embedding_dtype: str | None = None,
     progress: ProgressCallback | None = None,
     encoder: Encoder | None = None,
     paths: Sequence[str] | None = None,
@@ -115,6 +115,8 @@ def index_folder(
     paths: index exactly these files (relative to root) instead of scanning the folder; the
     collection then holds only them (a dataset's images among other files, say).
     batch_size: images per model call (default: default_batch_size).
+    embedding_dtype: how a new collection stores embeddings: float16 (the default: half the
+    disk and memory) or float32.
     draft: decode large JPEGs at a reduced DCT scale (fast); False decodes every pixel, as
     open_clip's reference preprocessing does (benchmarks that must match published numbers).
     backend: auto (ONNX Runtime on a CPU, PyTorch on CUDA), torch, or onnx (precision fp32 or
@@ -132,6 +134,8 @@ def index_folder(
         raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
     if batch_size is not None and batch_size < 1:
         raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
+    if embedding_dtype not in (None, "float16", "float32"):
+        raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
     if decode not in DECODERS:
         raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
@@ -139,6 +143,13 @@ def index_folder(
         collection = Collection.open(directory)
         if model is not None:
             collection.check_model(model)
+        stored = collection.manifest.embedding_dtype
+        if embedding_dtype is not None and embedding_dtype != stored:
+            collection.close()
+            raise RetrievalError(
+                f"the collection in {directory} stores {stored} embeddings, not "
+                f"{embedding_dtype}; name another --index for a {embedding_dtype} collection"
+            )
         if collection.root != root:
             collection.close()
             raise RetrievalError(
@@ -155,7 +166,7 @@ def index_folder(
             model=identity,
             dim=encoder.dim,
             preprocess=encoder.preprocess_cfg,
-            embedding_dtype=embedding_dtype,
+            embedding_dtype=embedding_dtype or "float16",
         )
         _remember_encoder(collection, encoder)
 

@@ -157,3 +157,25 @@ def test_every_command_is_documented_in_the_readme():
     assert commands
     for name in commands:
         assert f"retrieval {name}" in readme, f"README does not document `retrieval {name}`"
+
+
+def test_float32_embeddings_on_request_and_kept(tmp_path, tiny_model, encoder):
+    from reference import brute_force
+
+    root = tmp_path / "photos"
+    write_photos(root, ["a.jpg", "b.jpg", "c.png"])
+    made = cli("index", str(root), "--model", tiny_model.name, "--embeddings", "float32",
+               "--backend", "torch")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    collection = root / ".retrieval"
+    assert json.loads((collection / "manifest.json").read_text())["embedding_dtype"] == "float32"
+    assert (collection / "embeddings.bin").stat().st_size == 3 * encoder.dim * 4
+    found = cli("search", "a red square", "--json", "--backend", "torch", cwd=root)
+    query = encoder.encode_texts(["a red square"])[0]
+    scores = brute_force(root, query)
+    for hit in json_lines(found.stdout):
+        path = Path(hit["path"]).relative_to(root).as_posix()
+        assert hit["score"] == pytest.approx(scores[path], abs=1e-5)
+    refused = cli("index", str(root), "--embeddings", "float16")
+    assert_one_line_error(refused, "stores float32 embeddings, not float16")
+    assert_one_line_error(cli("index", str(root), "--embeddings", "float8"), "float16 or float32")
