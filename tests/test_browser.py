@@ -45,6 +45,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, encoder) -> Iterator[tuple[st
     write_photos(root, NAMES)
     index_folder(root, model=encoder.identity, encoder=encoder, batch_size=8)
     app = create_app(default_dir(root), encoder=encoder)
+    assert app.state.engine.tags_ready.wait(120)  # else the viewer's first tags would be a 503
     sock = _bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -398,3 +398,33 @@ def test_a_loopback_server_refuses_other_host_names(root, encoder):
     assert rebound.get("/api/info").status_code == 400
     item_id = ids_by_path(TestClient(app, base_url=base))["home/img00.jpg"]
     assert rebound.get(f"/api/items/{item_id}/image").status_code == 400
+
+
+def test_tags_answer_503_until_the_vocabulary_is_ready_and_searches_go_on(
+    root, encoder, monkeypatch
+):
+    import threading
+
+    import retrieval.web.app
+
+    release = threading.Event()
+    real = retrieval.web.app.vocabulary
+
+    def slow_vocabulary(turn_taking_encoder):
+        turn_taking_encoder.encode_texts([f"prompt {i}" for i in range(100)])  # takes turns
+        assert release.wait(60)
+        return real(turn_taking_encoder)
+
+    monkeypatch.setattr(retrieval.web.app, "vocabulary", slow_vocabulary)
+    client = TestClient(create_app(default_dir(root), encoder=encoder))
+    item_id = ids_by_path(client)["home/img02.jpg"]  # a search while the vocabulary is embedded
+    waiting = client.get(f"/api/items/{item_id}/describe")
+    assert waiting.status_code == 503
+    assert "tags are being prepared" in waiting.json()["detail"]
+    release.set()
+    assert client.app.state.engine.tags_ready.wait(60)
+    tags = client.get(f"/api/items/{item_id}/describe", params={"k": 3})
+    assert tags.status_code == 200
+    names, vectors = real(encoder)
+    scores = vectors @ stored_vectors(root)["home/img02.jpg"]
+    assert [t["text"] for t in tags.json()] == [names[i] for i in np.argsort(-scores)[:3]]

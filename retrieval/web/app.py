@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -25,10 +26,11 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from index.collection import find_collection
 from index.errors import CollectionError
 
-from ..errors import ImageReadError, QueryError, UnknownItem
+from ..errors import ImageReadError, QueryError, RetrievalError, UnknownItem
 from ..info import collection_info
 from ..models import Encoder
 from ..search import Hit, Searcher, TextHit, parse_text_query
+from ..vocabulary import vocabulary
 from . import media
 
 STATIC = Path(__file__).parent / "static"
@@ -84,6 +86,20 @@ class Engine:
         self._encoding = threading.Lock()
         self._reading = threading.Lock()
         self._folders: tuple[int, list[FolderOut]] = (-1, [])
+        self.tags_ready = threading.Event()
+        self.tags_error: str | None = None
+        threading.Thread(target=self._prepare_tags, name="tags", daemon=True).start()
+
+    def _prepare_tags(self) -> None:
+        """Embed the built-in tag vocabulary (ImageNet's classes) once per model, in the
+        background: on a CPU that is a minute or two of text encoding. Searches take turns with
+        it batch by batch, so they are slowed, not stopped."""
+        try:
+            vocabulary(_TakingTurns(self.encoder, self._encoding))
+        except RetrievalError as e:
+            self.tags_error = str(e)
+        finally:
+            self.tags_ready.set()
 
     @contextmanager
     def encoding(self) -> Iterator[Searcher]:
@@ -110,6 +126,26 @@ class Engine:
         folders = [FolderOut(folder=f, images=n) for f, n in sorted(counts.items())]
         self._folders = (version, folders)
         return folders
+
+
+class _TakingTurns:
+    """An encoder that takes the app's encoder lock for each small batch of texts."""
+
+    BATCH = 32
+
+    def __init__(self, encoder: Encoder, lock: threading.Lock) -> None:
+        self._encoder = encoder
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(texts), self.BATCH):
+            with self._lock:
+                parts.append(self._encoder.encode_texts(texts[start : start + self.BATCH]))
+        return np.concatenate(parts)
 
 
 def create_app(
@@ -219,7 +255,18 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
 
     @app.get("/api/items/{item_id}/describe", response_model=list[TagOut])
     def describe(item_id: int, k: Annotated[int, Query(ge=1, le=50)] = 5) -> list[TagOut]:
-        """Texts for an image: the collection's own texts, else ImageNet's classes."""
+        """Texts for an image: the collection's own texts, else ImageNet's classes (503 while
+        those are being embedded, once per model)."""
+        with engine.reading() as searcher:
+            has_texts = searcher.collection.catalog.count_texts() > 0
+        if not has_texts and not engine.tags_ready.is_set():
+            raise media.NotServable(
+                "tags are being prepared (ImageNet's 1,000 classes, once per model); "
+                "try again in a minute",
+                status=503,
+            )
+        if not has_texts and engine.tags_error:
+            raise media.NotServable(engine.tags_error, status=503)
         with engine.encoding(), engine.reading() as searcher:
             tags: list[TextHit] = searcher.describe_vector(searcher.item_vector(item_id), k=k)
         return [TagOut(rank=t.rank, score=t.score, text=t.text) for t in tags]

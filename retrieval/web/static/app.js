@@ -20,7 +20,7 @@ async function api(url, options) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
-    throw new Error(detail || `${response.status} ${response.statusText}`);
+    throw Object.assign(new Error(detail || `${response.status} ${response.statusText}`), { status: response.status });
   }
   return body;
 }
@@ -134,9 +134,13 @@ async function view(index) {
   api(`/api/items/${hit.id}`).then((item) => {
     if (open === index && item.width) $("viewer-size").textContent = `${item.width}×${item.height}`;
   }).catch(() => {});
+  showTags(hit, index);
+}
+
+async function showTags(hit, index) {
   try {
     const found = await api(`/api/items/${hit.id}/describe?k=5`);
-    if (open !== index) return;
+    if (open !== index || !viewer.open) return;
     tags.replaceChildren(...found.map((tag) => {
       const li = document.createElement("li");
       const button = document.createElement("button");
@@ -148,7 +152,10 @@ async function view(index) {
       return li;
     }));
   } catch (error) {
-    if (open === index) tags.replaceChildren(Object.assign(document.createElement("li"), { textContent: error.message }));
+    if (open !== index || !viewer.open) return;
+    tags.replaceChildren(Object.assign(document.createElement("li"), { textContent: error.message }));
+    // 503: the tag vocabulary is still being embedded; ask again while the image is open.
+    if (error.status === 503) setTimeout(() => { if (open === index && viewer.open) showTags(hit, index); }, 5000);
   }
 }
 
