@@ -39,21 +39,29 @@ BACKENDS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 QUERY = "a dog on a beach"
 
 
-def throughput(encoder, batch: int, seconds: float = 4.0) -> tuple[float, float]:
-    """(images/s, texts/s) at this batch size, after a warm-up call."""
+def throughput(encoder, batch: int, seconds: float = 4.0) -> dict[str, float]:
+    """images/s and texts/s at this batch size, after a warm-up call, and the cores the image
+    tower had: CPU time over wall time. Every backend runs at about the same speed per CPU
+    second whatever else runs beside it, so a figure with 'cores' near 1 on 2 cores says a
+    neighbour took one, not that the backend is slow."""
     height, width = encoder.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), np.uint8)
     texts = [f"a photo of a {w} on a beach at dawn" for w in ("dog", "cat", "car", "tree")]
     texts = (texts * (batch // len(texts) + 1))[:batch]
-    rates = []
-    for encode, data in ((encoder.encode_images, pixels), (encoder.encode_texts, texts)):
+    rates, cores = [], []
+    towers = (("image", encoder.encode_images, pixels), ("text", encoder.encode_texts, texts))
+    for tower, encode, data in towers:
         encode(data)
-        done, started = 0, time.perf_counter()
+        if hasattr(encoder, "settle"):  # ONNX: measure the sessions a long run ends up on
+            encoder.settle(tower)
+        done, started, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             encode(data)
             done += batch
-        rates.append(done / (time.perf_counter() - started))
-    return rates[0], rates[1]
+        wall = time.perf_counter() - started
+        rates.append(done / wall)
+        cores.append((time.process_time() - cpu) / wall)
+    return {"images_per_s": rates[0], "texts_per_s": rates[1], "image_cores": cores[0]}
 
 
 def agreement(reference, other) -> dict[str, float]:
@@ -67,20 +75,23 @@ def agreement(reference, other) -> dict[str, float]:
 
 
 def cold_search(collection_dir: Path, backend: str, precision: str, runs: int) -> dict:
-    """Wall time as the shell sees it, and the process's own peak memory (GNU time's %M)."""
+    """Wall time as the shell sees it, the CPU time (user + system: less sensitive to a busy
+    neighbour than wall time) and the process's own peak memory (GNU time's %M)."""
     retrieval = str(Path(sys.executable).parent / "retrieval")
-    command = ["/usr/bin/time", "-f", "%M", retrieval, "search", QUERY, "-k", "10",
+    command = ["/usr/bin/time", "-f", "%M %U %S", retrieval, "search", QUERY, "-k", "10",
                "--backend", backend, "--precision", precision]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    times, peaks = [], []
+    times, cpu, peaks = [], [], []
     for _ in range(runs + 1):  # the first run warms the OS page cache and any export
         started = time.perf_counter()
         process = subprocess.run(command, cwd=collection_dir.parent, env=env, check=True,
                                  capture_output=True, text=True)  # fmt: skip
         times.append(time.perf_counter() - started)
-        peaks.append(int(process.stderr.strip().splitlines()[-1]) / 1024)
+        peak, user, system = process.stderr.strip().splitlines()[-1].split()
+        peaks.append(int(peak) / 1024)
+        cpu.append(float(user) + float(system))
     return {"median_s": statistics.median(times[1:]), "runs_s": times[1:],
-            "peak_mib": max(peaks[1:])}  # fmt: skip
+            "median_cpu_s": statistics.median(cpu[1:]), "peak_mib": max(peaks[1:])}  # fmt: skip
 
 
 def make_collection(folder: Path, model, weights_hash: str, dim: int, n: int) -> Path:
@@ -102,6 +113,19 @@ def make_collection(folder: Path, model, weights_hash: str, dim: int, n: int) ->
     return directory
 
 
+def print_speed(result: dict) -> None:
+    print(f"{'backend':<11} {'images/s b16':>12} {'(cores)':>8} {'b1':>7} {'texts/s b16':>12} "
+          f"{'b1':>7} {'cos image':>10} {'cos text':>9}")  # fmt: skip
+    for name, speed in result["speed"].items():
+        b16, b1, cos = speed["batch 16"], speed["batch 1"], result["agreement"][name]
+        print(f"{name:<11} {b16['images_per_s']:>12.1f} {b16['image_cores']:>8.2f} "
+              f"{b1['images_per_s']:>7.1f} {b16['texts_per_s']:>12.1f} {b1['texts_per_s']:>7.1f} "
+              f"{cos['image']:>10.6f} {cos['text']:>9.6f}")  # fmt: skip
+    base = result["speed"]["torch fp32"]["batch 16"]["images_per_s"]
+    int8 = result["speed"]["onnx int8"]["batch 16"]["images_per_s"]
+    print(f"int8 image tower: {int8 / base:.2f}x torch fp32 (target >= 2.2x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-model", type=Path, default=Path("demo/model"))
@@ -109,7 +133,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds")
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_backends.json"))
+    parser.add_argument(
+        "--parts", default="speed,cold,recall",
+        help="what to measure, comma-separated: speed (and agreement), cold, recall",
+    )  # fmt: skip
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     from retrieval.models import import_torch
 
@@ -129,28 +158,27 @@ def main() -> None:
             )
         # Rounds interleave the backends, and each keeps its best round: this machine is shared,
         # and a neighbour's burst should not decide a ratio.
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if "speed" in parts else 0):
             for key, encoder in encoders.items():
                 name = " ".join(key)
                 for b in (16, 1):
-                    images, texts = throughput(encoder, b, seconds=2.0)
-                    best = (
-                        result["speed"]
-                        .setdefault(name, {})
-                        .setdefault(f"batch {b}", {"images_per_s": 0.0, "texts_per_s": 0.0})
-                    )
-                    best["images_per_s"] = max(best["images_per_s"], images)
-                    best["texts_per_s"] = max(best["texts_per_s"], texts)
-        for key, encoder in encoders.items():
+                    got = throughput(encoder, b, seconds=2.0)
+                    best = result["speed"].setdefault(name, {}).setdefault(f"batch {b}", got)
+                    if got["images_per_s"] > best["images_per_s"]:
+                        best.update(
+                            images_per_s=got["images_per_s"], image_cores=got["image_cores"]
+                        )
+                    best["texts_per_s"] = max(best["texts_per_s"], got["texts_per_s"])
+        for key, encoder in encoders.items() if "speed" in parts else ():
             result["agreement"][" ".join(key)] = agreement(reference, encoder)
         collection = make_collection(Path(scratch) / "photos", vit, reference.weights_hash,
                                      reference.dim, args.items)  # fmt: skip
         del encoders, reference
-        for backend, precision in BACKENDS:
+        for backend, precision in BACKENDS if "cold" in parts else ():
             result["cold_search"][f"{backend} {precision}"] = cold_search(
                 collection, backend, precision, args.runs
             )
-        if (args.demo_model / "open_clip_config.json").is_file():
+        if "recall" in parts and (args.demo_model / "open_clip_config.json").is_file():
             test = load_dataset("synthetic", split="test")
             demo = model_identity(f"local-dir:{args.demo_model}")
             for backend, precision in BACKENDS:
@@ -161,19 +189,15 @@ def main() -> None:
                     "image_to_text": report.image_to_text,
                 }
 
-    print(f"{'backend':<11} {'images/s b16':>12} {'b1':>7} {'texts/s b16':>12} {'b1':>7} "
-          f"{'cos image':>10} {'cos text':>9}")  # fmt: skip
-    for name, speed in result["speed"].items():
-        b16, b1, cos = speed["batch 16"], speed["batch 1"], result["agreement"][name]
-        print(f"{name:<11} {b16['images_per_s']:>12.1f} {b1['images_per_s']:>7.1f} "
-              f"{b16['texts_per_s']:>12.1f} {b1['texts_per_s']:>7.1f} "
-              f"{cos['image']:>10.6f} {cos['text']:>9.6f}")  # fmt: skip
-    base = result["speed"]["torch fp32"]["batch 16"]["images_per_s"]
-    int8 = result["speed"]["onnx int8"]["batch 16"]["images_per_s"]
-    print(f"int8 image tower: {int8 / base:.2f}x torch fp32 (target >= 2.2x)")
-    print(f'\ncold `retrieval search "{QUERY}"` on {args.items:,} items (median of {args.runs}):')
-    for name, cold in result["cold_search"].items():
-        print(f"  {name:<11} {cold['median_s']:.2f} s, peak {cold['peak_mib']:.0f} MiB")
+    if result["speed"]:
+        print_speed(result)
+    if result["cold_search"]:
+        print(
+            f'\ncold `retrieval search "{QUERY}"` on {args.items:,} items (median of {args.runs}):'
+        )
+        for name, cold in result["cold_search"].items():
+            print(f"  {name:<11} {cold['median_s']:.2f} s ({cold['median_cpu_s']:.2f} s of CPU), "
+                  f"peak {cold['peak_mib']:.0f} MiB")  # fmt: skip
     if result["recall"]:
         print("\nrecall on synthetic:500/test with the demo model (T->I, I->T R@1/5/10):")
         for name, recall in result["recall"].items():
@@ -182,7 +206,7 @@ def main() -> None:
                 for d in ("text_to_image", "image_to_text")
             ]
             print(f"  {name:<11} {cells[0]}   {cells[1]}")
-    else:
+    elif "recall" in parts:
         print(f"\n(no demo model in {args.demo_model}: recall skipped; run `make demo` first)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
