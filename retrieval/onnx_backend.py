@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -194,6 +195,8 @@ def load_onnx_encoder(
     folder = export_folder(identity, weights_hash)
     meta = _valid_meta(folder, precision, towers)
     if meta is None:
+        meta = _store_old_exports_weights_apart(folder, precision, towers)
+    if meta is None:
         meta = export(identity, folder, precision)
     return OnnxEncoder(
         identity=identity,
@@ -228,6 +231,39 @@ def _valid_meta(folder: Path, precision: str, towers: Sequence[str]) -> dict[str
             if not _unchanged(folder / name, files.get(name)):
                 return None
     return meta
+
+
+def _store_old_exports_weights_apart(
+    folder: Path, precision: str, towers: Sequence[str]
+) -> dict[str, Any] | None:
+    """Give an export from before the weights had a file of their own that file, without torch,
+    and return its metadata; None if there is no such export or a file of it changed.
+
+    Its graphs were checked against PyTorch when they were made and are unchanged, and moving
+    the weights out of a graph changes no value, so the check still holds.
+    """
+    meta = _read_meta(folder)
+    if meta is None:
+        return None
+    files = meta.get("files", {})
+    old = []
+    for tower in towers:
+        graph = f"{tower}_{precision}.onnx"
+        names = (graph, weights_file(graph)) if weights_file(graph) in files else (graph,)
+        if not all(_unchanged(folder / name, files.get(name)) for name in names):
+            return None
+        if len(names) == 1:
+            old.append(graph)
+    for graph in old:
+        with tempfile.TemporaryDirectory(prefix=f".{graph}.", dir=folder) as scratch:
+            staged = Path(scratch) / graph
+            _store_weights_apart(folder / graph, staged)
+            _move_into_place(staged.with_name(weights_file(graph)), folder)
+            _move_into_place(staged, folder)
+        for stored in (graph, weights_file(graph)):
+            files[stored] = _file_record(folder / stored)
+    write_bytes_atomic(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return _valid_meta(folder, precision, towers)
 
 
 def weights_file(graph: str) -> str:
@@ -377,7 +413,6 @@ def _export_tower(
 
     Everything is built in a scratch folder beside path, checked there, and moved into place
     with os.replace; meta.json, written after, vouches for the pair."""
-    import tempfile
     import warnings
 
     import onnxruntime

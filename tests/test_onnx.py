@@ -72,24 +72,51 @@ def test_a_damaged_cached_export_is_detected_and_rebuilt(cache, encoder, tiny_mo
     assert float(vectors[0] @ encoder.encode_texts(["a dog"])[0]) >= 0.9999
 
 
-def test_an_export_with_weights_inside_its_graph_is_rebuilt(cache, encoder, tiny_model):
+def test_an_export_with_weights_inside_its_graph_is_converted_without_torch(
+    cache, encoder, tiny_model, monkeypatch
+):
     onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
-    # As exports were stored before the weights had a file of their own: one self-contained
-    # graph, and no record of a weights file in meta.json.
-    graph = onnx_format.load(str(onnx.folder / "text_fp32.onnx"))
-    onnx_format.save(graph, str(onnx.folder / "text_fp32.onnx"))
-    (onnx.folder / "text_fp32.onnx.data").unlink()
+    # As exports were stored before the weights had a file of their own: self-contained graphs,
+    # and no record of a weights file in meta.json.
     meta = json.loads((onnx.folder / "meta.json").read_text())
-    del meta["files"]["text_fp32.onnx.data"]
-    stat = (onnx.folder / "text_fp32.onnx").stat()
-    meta["files"]["text_fp32.onnx"].update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    exported = {path.name: path.read_bytes() for path in onnx.folder.glob("*_fp32.onnx*")}
+    for tower in ("image", "text"):
+        graph = onnx.folder / f"{tower}_fp32.onnx"
+        onnx_format.save(onnx_format.load(str(graph)), str(graph))
+        (onnx.folder / f"{tower}_fp32.onnx.data").unlink()
+        del meta["files"][f"{tower}_fp32.onnx.data"]
+        meta["files"][graph.name].update(
+            size=graph.stat().st_size, mtime_ns=graph.stat().st_mtime_ns
+        )
     (onnx.folder / "meta.json").write_text(json.dumps(meta))
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr("retrieval.onnx_backend.export", no_export)
+    again = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    files = json.loads((again.folder / "meta.json").read_text())["files"]
+    for name, content in exported.items():  # as a new export stores them, byte for byte
+        assert (again.folder / name).read_bytes() == content
+        assert files[name]["size"] == len(content)
+    texts = ["a dog", "a cat"]
+    assert np.all((again.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) >= 0.9999)
+    images = np.stack([encoder.prepare(photo(seed, size=(80, 60))) for seed in range(2)])
+    assert np.all((again.encode_images(images) * encoder.encode_images(images)).sum(1) >= 0.9999)
+
+
+def test_a_damaged_old_export_is_exported_again(cache, encoder, tiny_model):
+    onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    meta = json.loads((onnx.folder / "meta.json").read_text())
+    graph = onnx.folder / "text_fp32.onnx"
+    onnx_format.save(onnx_format.load(str(graph)), str(graph))
+    (onnx.folder / "text_fp32.onnx.data").unlink()
+    del meta["files"]["text_fp32.onnx.data"]
+    (onnx.folder / "meta.json").write_text(json.dumps(meta))  # the graph's record is stale now
 
     again = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
     assert (again.folder / "text_fp32.onnx.data").is_file()
-    assert "text_fp32.onnx.data" in json.loads((again.folder / "meta.json").read_text())["files"]
-    texts = ["a dog", "a cat"]
-    assert np.all((again.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) >= 0.9999)
+    assert float(again.encode_texts(["a dog"])[0] @ encoder.encode_texts(["a dog"])[0]) >= 0.9999
 
 
 @pytest.mark.parametrize("tower", ["image", "text"])
