@@ -1,8 +1,8 @@
 """The web app: a page to search a collection by text or by example image, and its JSON API.
 
-The model is loaded once, when the app is made, and shared by every request. Each worker
-thread reads the collection through its own catalog connection, so a search always sees the
-state that `retrieval index` last committed, even while it runs.
+The model is loaded once, when the app is made, and shared by every request (see Engine). Every
+search reads the catalog's committed state, so it sees what a running `retrieval index` has
+committed so far.
 """
 
 from __future__ import annotations
