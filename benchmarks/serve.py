@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from index.collection import Collection
 
-WORDS = "dog beach cat mountain car night city snow river child bicycle sunset tree boat".split()
+WORDS = ["dog", "beach", "cat", "mountain", "car", "night", "city", "snow", "river", "child",
+         "bicycle", "sunset", "tree", "boat"]  # fmt: skip
 
 
 def queries(n: int) -> list[str]:
@@ -162,6 +163,11 @@ def many_clients(url: str, clients: int, seconds: float) -> dict:
     }
 
 
+def _figures(latency: dict) -> tuple[float, float, float]:
+    """p50, p95 and the requests/s one client gets back to back."""
+    return latency["p50_ms"], latency["p95_ms"], 1000 / latency["p50_ms"]
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -217,17 +223,21 @@ def main() -> None:
         "concurrent": load,
     }
     text, similar = single["text_search"], single["similar"]
-    print(f"{args.items:,} items, index {result['factory']} {result['search_params']}, "
-          f"{os.cpu_count()} cores; server up in {startup_s:.1f} s, peak {rss:.0f} MiB")  # fmt: skip
+    print(
+        f"{args.items:,} items, index {result['factory']} {result['search_params']}, "
+        f"{os.cpu_count()} cores; server up in {startup_s:.1f} s, peak {rss:.0f} MiB"
+    )
+    clients = f"text search, {args.clients} clients"
+    rows = [
+        ("text search, 1 client", *_figures(text)),
+        ("  of which encode / search (p50)", single["encode_ms_p50"], single["search_ms_p50"]),
+        ("more like this, 1 client", *_figures(similar)),
+        (clients, load["p50_ms"], load["p95_ms"], load["requests_per_s"]),
+    ]
     print(f"{'':<34}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>9}")
-    print(f"{'text search, 1 client':<34}{text['p50_ms']:>9.1f}{text['p95_ms']:>9.1f}"
-          f"{1000 / text['p50_ms']:>9.1f}")  # fmt: skip
-    print(f"{'  of which encode / search (p50)':<34}{single['encode_ms_p50']:>9.1f}"
-          f"{single['search_ms_p50']:>9.1f}")  # fmt: skip
-    print(f"{'more like this, 1 client':<34}{similar['p50_ms']:>9.1f}{similar['p95_ms']:>9.1f}"
-          f"{1000 / similar['p50_ms']:>9.1f}")  # fmt: skip
-    print(f"{f'text search, {args.clients} clients':<34}{load['p50_ms']:>9.1f}"
-          f"{load['p95_ms']:>9.1f}{load['requests_per_s']:>9.1f}  ({load['errors']} errors)")  # fmt: skip
+    for label, *figures in rows:
+        print(f"{label:<34}" + "".join(f"{figure:>9.1f}" for figure in figures))
+    print(f"({load['errors']} errors under load)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -86,16 +86,18 @@ class Engine:
         self._encoding = threading.Lock()
         self._reading = threading.Lock()
         self._folders: tuple[int, list[FolderOut]] = (-1, [])
+        self._last_request = 0.0
         self.tags_ready = threading.Event()
         self.tags_error: str | None = None
         threading.Thread(target=self._prepare_tags, name="tags", daemon=True).start()
 
     def _prepare_tags(self) -> None:
         """Embed the built-in tag vocabulary (ImageNet's classes) once per model, in the
-        background: on a CPU that is a minute or two of text encoding. Searches take turns with
-        it batch by batch, so they are slowed, not stopped."""
+        background: on a CPU that is a minute or two of text encoding. It works only while no
+        request has used the encoder for a second, a small batch at a time, so a search waits
+        at most for one small batch."""
         try:
-            vocabulary(_TakingTurns(self.encoder, self._encoding))
+            vocabulary(_WhenIdle(self.encoder, self._encoding, self._wait_until_idle))
         except RetrievalError as e:
             self.tags_error = str(e)
         finally:
@@ -103,8 +105,14 @@ class Engine:
 
     @contextmanager
     def encoding(self) -> Iterator[Searcher]:
+        self._last_request = time.monotonic()
         with self._encoding:
             yield self._searcher
+        self._last_request = time.monotonic()
+
+    def _wait_until_idle(self, quiet_s: float = 1.0) -> None:
+        while (wait := self._last_request + quiet_s - time.monotonic()) > 0:
+            time.sleep(wait)
 
     @contextmanager
     def reading(self) -> Iterator[Searcher]:
@@ -128,14 +136,18 @@ class Engine:
         return folders
 
 
-class _TakingTurns:
-    """An encoder that takes the app's encoder lock for each small batch of texts."""
+class _WhenIdle:
+    """An encoder for background work: before each small batch of texts it waits until the
+    app's requests leave the encoder alone, then takes the encoder's lock for that batch."""
 
-    BATCH = 32
+    BATCH = 8
 
-    def __init__(self, encoder: Encoder, lock: threading.Lock) -> None:
+    def __init__(
+        self, encoder: Encoder, lock: threading.Lock, wait_until_idle: Callable[[], None]
+    ) -> None:
         self._encoder = encoder
         self._lock = lock
+        self._wait_until_idle = wait_until_idle
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._encoder, name)
@@ -143,6 +155,7 @@ class _TakingTurns:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         parts = []
         for start in range(0, len(texts), self.BATCH):
+            self._wait_until_idle()
             with self._lock:
                 parts.append(self._encoder.encode_texts(texts[start : start + self.BATCH]))
         return np.concatenate(parts)
