@@ -301,7 +301,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(root: Path, *options: str) -> subprocess.Popen:
+def _serve(root: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "cli", "serve", "--index", str(default_dir(root))]
     return subprocess.Popen(
         [*command, "--backend", "torch", *options],
@@ -309,13 +309,15 @@ def _serve(root: Path, *options: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parents[1],
+        env={**os.environ, **(env or {})},
     )
 
 
-def test_serve_prints_its_address_answers_and_stops_on_ctrl_c(root):
+def test_serve_prints_its_address_answers_and_stops_on_ctrl_c(root, tmp_path):
     import httpx
 
-    server = _serve(root, "--port", "0")
+    # A cache of its own: the tag vocabulary is still being embedded when Ctrl-C comes.
+    server = _serve(root, "--port", "0", env={"RETRIEVAL_CACHE": str(tmp_path / "cache")})
     try:
         url = server.stdout.readline().strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), url

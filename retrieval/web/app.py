@@ -7,6 +7,7 @@ committed so far.
 
 from __future__ import annotations
 
+import atexit
 import posixpath
 import threading
 import time
@@ -89,7 +90,16 @@ class Engine:
         self._last_request = 0.0
         self.tags_ready = threading.Event()
         self.tags_error: str | None = None
-        threading.Thread(target=self._prepare_tags, name="tags", daemon=True).start()
+        self._stopping = threading.Event()
+        self._tags = threading.Thread(target=self._prepare_tags, name="tags", daemon=True)
+        self._tags.start()
+        # A thread still inside the model when the interpreter exits aborts the process.
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop the background work (after its current small batch) and wait for it."""
+        self._stopping.set()
+        self._tags.join()
 
     def _prepare_tags(self) -> None:
         """Embed the built-in tag vocabulary (ImageNet's classes) once per model, in the
@@ -98,6 +108,8 @@ class Engine:
         at most for one small batch."""
         try:
             vocabulary(_WhenIdle(self.encoder, self._encoding, self._wait_until_idle))
+        except _Stopped:
+            return  # the app is closing; the vocabulary is finished by the next start
         except RetrievalError as e:
             self.tags_error = str(e)
         finally:
@@ -111,8 +123,13 @@ class Engine:
         self._last_request = time.monotonic()
 
     def _wait_until_idle(self, quiet_s: float = 1.0) -> None:
+        """Return when no request has used the encoder for quiet_s; raise _Stopped when the
+        app is closing."""
         while (wait := self._last_request + quiet_s - time.monotonic()) > 0:
-            time.sleep(wait)
+            if self._stopping.wait(wait):
+                break
+        if self._stopping.is_set():
+            raise _Stopped
 
     @contextmanager
     def reading(self) -> Iterator[Searcher]:
@@ -134,6 +151,10 @@ class Engine:
         folders = [FolderOut(folder=f, images=n) for f, n in sorted(counts.items())]
         self._folders = (version, folders)
         return folders
+
+
+class _Stopped(Exception):
+    """Background work was asked to stop."""
 
 
 class _WhenIdle:

@@ -60,8 +60,11 @@ def serve(
         on_listening(Listening(f"http://{shown}:{bound_port}/", is_loopback(host)))
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     # Ctrl-C is how a server is meant to stop: uvicorn has shut down when it re-raises it.
-    with sock, contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=[sock])
+    try:
+        with sock, contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        app.state.engine.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:
