@@ -1,4 +1,4 @@
-"""CPU inference backends: PyTorch fp32 against ONNX Runtime fp32 and int8.
+"""CPU inference backends: PyTorch fp32 and bf16 against ONNX Runtime fp32 and int8.
 
     python benchmarks/cpu_backends.py [--demo-model demo/model] [--runs 5]
 
@@ -35,7 +35,9 @@ from retrieval.datasets import load_dataset
 from retrieval.models import create_untrained, load_encoder, model_identity
 from retrieval.onnx_backend import load_onnx_encoder
 
-BACKENDS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
+BACKENDS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))
+COLD = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
+"""The cold search skips torch bf16: a cold query pays for importing torch either way."""
 QUERY = "a dog on a beach"
 
 
@@ -152,6 +154,10 @@ def main() -> None:
         vit = create_untrained(open_clip.get_model_config("ViT-B-32"), Path(scratch) / "vitb32")
         reference = load_encoder(vit, device="cpu", backend="torch")
         encoders = {("torch", "fp32"): reference}
+        # bf16 weights: fast on a CPU with AMX or AVX-512 BF16, slow without.
+        encoders[("torch", "bf16")] = load_encoder(
+            vit, device="cpu", backend="torch", precision="bf16"
+        )
         for precision in ("fp32", "int8"):
             encoders[("onnx", precision)] = load_onnx_encoder(
                 vit, precision=precision, weights_hash=reference.weights_hash
@@ -174,7 +180,7 @@ def main() -> None:
         collection = make_collection(Path(scratch) / "photos", vit, reference.weights_hash,
                                      reference.dim, args.items)  # fmt: skip
         del encoders, reference
-        for backend, precision in BACKENDS if "cold" in parts else ():
+        for backend, precision in COLD if "cold" in parts else ():
             result["cold_search"][f"{backend} {precision}"] = cold_search(
                 collection, backend, precision, args.runs
             )
