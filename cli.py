@@ -524,6 +524,7 @@ def demo_command(
     print(
         f"\nthe model is in {report.out / 'model'}, the collection in {report.out / 'collection'}; "
         f'go on with:\n  retrieval search "a big red star" --index {report.out / "collection"}'
+        f"\n  retrieval serve --index {report.out / 'collection'}    # a search page in a browser"
     )
 
 
