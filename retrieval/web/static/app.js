@@ -5,9 +5,11 @@ const $ = (id) => document.getElementById(id);
 const form = $("search"), q = $("q"), folder = $("folder"), file = $("file");
 const statusLine = $("status"), results = $("results"), drop = $("drop");
 const viewer = $("viewer"), viewerImage = $("viewer-image"), tags = $("tags");
-const K = 48;
+const K = 48;       // results a search asks for; "More results" doubles it
+const MAX_K = 500;  // the API's limit
 
 let hits = [];      // the results on screen
+let again = null;   // asks for more of the current results: a function of k, or null
 let open = -1;      // the index in hits of the image in the viewer
 
 function say(text, isError = false) {
@@ -29,11 +31,13 @@ function folderParam() {
   return folder.value.trim() ? `&folder=${encodeURIComponent(folder.value.trim())}` : "";
 }
 
-function show(found, what, started) {
+function show(found, what, started, k, more) {
   hits = found;
   results.replaceChildren(...found.map(tile));
   const ms = Math.round(performance.now() - started);
   say(found.length ? `${found.length} images ${what} (${ms} ms)` : `Nothing found ${what}.`);
+  again = more && found.length === k && k < MAX_K ? () => more(Math.min(2 * k, MAX_K)) : null;
+  $("more-results").hidden = again === null;
 }
 
 function tile(hit, index) {
@@ -62,35 +66,37 @@ function tile(hit, index) {
   return item;
 }
 
-async function run(kind, value, push = true) {
+async function run(kind, value, push = true, k = K) {
   const started = performance.now();
   say("Searching…");
   try {
     let found, what;
     if (kind === "q") {
-      found = await api(`/api/search?q=${encodeURIComponent(value)}&k=${K}${folderParam()}`);
+      found = await api(`/api/search?q=${encodeURIComponent(value)}&k=${k}${folderParam()}`);
       what = `for “${value}”`;
     } else {
-      found = await api(`/api/items/${value}/similar?k=${K}${folderParam()}`);
+      found = await api(`/api/items/${value}/similar?k=${k}${folderParam()}`);
       what = "like the chosen one";
     }
     if (push) remember(kind, value);
-    show(found, what, started);
+    show(found, what, started, k, (more) => run(kind, value, false, more));
   } catch (error) {
     say(error.message, true);
   }
 }
 
-async function searchByUpload(image) {
+async function searchByUpload(image, k = K) {
   if (!image) return;
   const started = performance.now();
-  say(`Searching like ${image.name || "the pasted image"}…`);
+  const name = image.name || "the pasted image";
+  say(`Searching like ${name}…`);
   const body = new FormData();
   body.append("file", image, image.name || "pasted.png");
-  body.append("k", K);
+  body.append("k", k);
   if (folder.value.trim()) body.append("folder", folder.value.trim());
   try {
-    show(await api("/api/search/image", { method: "POST", body }), `like ${image.name || "the pasted image"}`, started);
+    const found = await api("/api/search/image", { method: "POST", body });
+    show(found, `like ${name}`, started, k, (more) => searchByUpload(image, more));
   } catch (error) {
     say(error.message, true);
   }
@@ -164,6 +170,7 @@ function focusTile(index) {
   if (button) button.focus();
 }
 
+$("more-results").addEventListener("click", () => { if (again) again(); });
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   if (q.value.trim()) run("q", q.value.trim());
