@@ -75,10 +75,8 @@ def thumbnail(file: ServedFile, cache_dir: Path) -> bytes:
     A cache that cannot be written (a read-only collection) costs only the caching.
     """
     cached = cache_dir / file.etag[:2] / f"{file.etag}-{THUMBNAIL_SIDE}.jpg"
-    try:
+    if cached.is_file():
         return cached.read_bytes()
-    except FileNotFoundError:
-        pass
     data = _jpeg(load_image(file.path, min_size=THUMBNAIL_SIDE), THUMBNAIL_SIDE, quality=82)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
