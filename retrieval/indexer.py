@@ -314,6 +314,7 @@ class _IndexRun:
         encoder = self.get_encoder()
         self.batch_size = self.batch_size or default_batch_size(encoder)
         self.jpeg_decoder = jpeg_decoder(self.decode, encoder)
+        ahead = 1 if self.jpeg_decoder is not None else 2
         decoded = decode_files(
             self.root,
             todo,
@@ -321,8 +322,9 @@ class _IndexRun:
             min_side=encoder.min_side if self.draft else None,
             known_hashes=frozenset(self.by_hash),
             workers=self.workers,
-            # Two batches ahead: the next batch is ready when the model finishes this one.
-            window=2 * self.batch_size + (self.workers or 0) + 2,
+            # Batches ahead: the next one is ready when the model finishes this one. Undecoded
+            # JPEGs (for the device) are megabytes each, not a model input's 150 KB: one ahead.
+            window=ahead * self.batch_size + (self.workers or 0) + 2,
             jpeg_to_device=self.jpeg_decoder is not None,
         )
         done = 0
