@@ -194,21 +194,23 @@ class Searcher:
         return (query / norm).astype(np.float32)
 
     def encode_image_files(self, paths: Sequence[Path]) -> np.ndarray:
-        """Embed image files given as queries: float32 (n, d)."""
+        """Embed image files given as queries, in one model call: float32 (n, d)."""
         for path in paths:
             if not path.is_file():
                 raise QueryError(f"{path}: no such image file")
-        return np.concatenate([self.encode_image(path) for path in paths])
+        return self.encoder.encode_images(np.stack([self._prepared(path) for path in paths]))
 
     def encode_image(self, source: Path | bytes, *, name: str | None = None) -> np.ndarray:
-        """Embed one image (a file, or an upload's bytes named `name`): float32 (1, d).
+        """Embed one image (a file, or an upload's bytes named `name`): float32 (1, d)."""
+        return self.encoder.encode_images(self._prepared(source, name)[None])
 
-        Decoded as indexing decodes, with the same decompression-bomb cap."""
+    def _prepared(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
+        """Model input, decoded as indexing decodes, with the same decompression-bomb cap."""
         try:
             image = load_image(source, min_size=self.encoder.min_side, name=name)
         except ImageReadError as e:
             raise QueryError(str(e)) from e
-        return self.encoder.encode_images(self.encoder.prepare(image)[None])
+        return self.encoder.prepare(image)
 
     def item_vector(self, item_id: int) -> np.ndarray:
         """The stored embedding of an indexed image: float32 (d,)."""
