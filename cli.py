@@ -347,8 +347,8 @@ def bench_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Recall@k of a model on a captioned dataset, exactly and through the FAISS index."""
-    from retrieval.bench import run_benchmark
-    from retrieval.datasets import load_dataset
+    from retrieval.eval.bench import run_benchmark
+    from retrieval.eval.datasets import load_dataset
     from retrieval.models import DEFAULT_MODEL
 
     with user_errors():
@@ -436,7 +436,7 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Go on from OUT's last checkpoint."),
 ) -> None:
     """Train the towers contrastively: from scratch, or fine-tuning open_clip weights."""
-    from retrieval.datasets import load_dataset
+    from retrieval.eval.datasets import load_dataset
     from retrieval.training import TrainConfig, train
 
     with user_errors():

@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from index.collection import Collection
-from retrieval.bench import run_benchmark
-from retrieval.datasets import load_dataset
+from retrieval.eval.bench import run_benchmark
+from retrieval.eval.datasets import load_dataset
 from retrieval.models import create_untrained, load_encoder, model_identity
 from retrieval.onnx_backend import load_onnx_encoder
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retrieval.bench import RecallReport, run_benchmark
-from retrieval.datasets import load_dataset
+from retrieval.eval.bench import RecallReport, run_benchmark
+from retrieval.eval.datasets import load_dataset
 from retrieval.models import model_identity
 
 KS = (1, 5, 10)

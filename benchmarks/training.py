@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from index.manifest import ModelIdentity
-from retrieval.bench import run_benchmark
-from retrieval.datasets import load_dataset
 from retrieval.demo import DEMO_MODEL_CFG, TEST_SPEC, TRAIN_SPEC
+from retrieval.eval.bench import run_benchmark
+from retrieval.eval.datasets import load_dataset
 from retrieval.models import load_encoder, model_identity
 from retrieval.training import TrainConfig, TrainProgress, train
 

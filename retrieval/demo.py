@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import RecallReport, run_benchmark
-from .datasets import load_dataset
+from .eval.bench import RecallReport, run_benchmark
+from .eval.datasets import load_dataset
 from .indexer import IndexReport, index_folder
 from .models import load_encoder, model_identity
 from .search import Hit, Searcher, TextHit, parse_query

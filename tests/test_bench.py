@@ -13,8 +13,9 @@ import pytest
 from conftest import write_photos
 from reference import naive_recall
 
-from retrieval.bench import run_benchmark
-from retrieval.datasets import DatasetError, load_dataset
+from retrieval.eval.bench import run_benchmark
+from retrieval.eval.datasets import load_dataset
+from retrieval.eval.errors import DatasetError
 from retrieval.images import load_image
 
 RETRIEVAL = Path(sys.executable).parent / "retrieval"

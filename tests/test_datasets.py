@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval import datasets
-from retrieval.datasets import CaptionedDataset, DatasetError, load_dataset
 from retrieval.errors import RetrievalError
+from retrieval.eval import synthetic
+from retrieval.eval.datasets import CaptionedDataset, load_dataset
+from retrieval.eval.errors import DatasetError
 
 
 def _write_images(root: Path, *names: str) -> None:
@@ -562,7 +563,7 @@ def test_synthetic_keeps_the_split_of_a_process_that_won_the_race(tmp_path: Path
         (Path(destination) / "rival").write_text("")
         real_rename(source, destination)
 
-    monkeypatch.setattr(datasets.os, "rename", rival_first)
+    monkeypatch.setattr(synthetic.os, "rename", rival_first)
     dataset = load_dataset("synthetic:4", split="test", cache_dir=tmp_path)
 
     assert (dataset.root / "rival").exists()

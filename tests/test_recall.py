@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from reference import naive_recall
 
-from retrieval.recall import (
+from retrieval.eval.recall import (
     image_to_text_ranks,
     ranks_from_neighbours,
     recall_at_k,

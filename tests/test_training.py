@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.datasets import load_dataset
+from retrieval.eval.datasets import load_dataset
 from retrieval.images import load_image
 from retrieval.models import load_encoder, model_identity
 from retrieval.training import TrainConfig, TrainProgress, train

@@ -23,16 +23,17 @@ from index.catalog import TEXT
 from index.collection import Collection
 from index.manifest import ModelIdentity
 
-from .datasets import CaptionedDataset, DatasetError
-from .indexer import IndexProgress, index_folder
-from .models import DEFAULT_MODEL, Encoder, load_encoder
+from ..indexer import IndexProgress, index_folder
+from ..models import DEFAULT_MODEL, Encoder, load_encoder
+from ..texts import add_texts
+from .datasets import CaptionedDataset
+from .errors import DatasetError
 from .recall import (
     image_to_text_ranks,
     ranks_from_neighbours,
     recall_from_ranks,
     text_to_image_ranks,
 )
-from .texts import add_texts
 
 DEFAULT_KS = (1, 5, 10)
 
