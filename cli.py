@@ -388,14 +388,12 @@ def bench_command(
 
 
 def _parse_ks(values: list[str]) -> list[int]:
-    from retrieval.errors import RetrievalError
-
     try:
         ks = [int(v) for value in values for v in value.replace(",", " ").split()]
     except ValueError as e:
-        raise RetrievalError(f"--k takes whole numbers, like --k 1,5,10 ({e})") from e
+        raise typer.BadParameter(f"--k takes whole numbers, like --k 1,5,10 ({e})") from e
     if not ks or min(ks) < 1:
-        raise RetrievalError("--k takes whole numbers of at least 1, like --k 1,5,10")
+        raise typer.BadParameter("--k takes whole numbers of at least 1, like --k 1,5,10")
     return ks
 
 
@@ -596,8 +594,6 @@ def reindex_command(
 
 
 def _bytes(text: str | None) -> int | None:
-    from retrieval.errors import RetrievalError
-
     if text is None:
         return None
     units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -607,7 +603,7 @@ def _bytes(text: str | None) -> int | None:
             return int(float(value[:-1]) * units[value[-1]])
         return int(value)
     except ValueError as e:
-        raise RetrievalError(f"--memory {text}: give bytes, or a size like 512M or 4G") from e
+        raise typer.BadParameter(f"--memory {text}: give bytes, or a size like 512M or 4G") from e
 
 
 @app.command("info")

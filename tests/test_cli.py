@@ -56,7 +56,10 @@ def indexed(tmp_path_factory, tiny_model) -> Path:
     for field in ("added", "updated", "renamed", "removed", "skipped"):
         assert field in summary
     assert summary["added"] == 4
-    assert summary["skipped"] == [{"path": "broken.jpg", "error": summary["skipped"][0]["error"]}]
+    (skipped,) = summary["skipped"]
+    assert set(skipped) == {"path", "error"}
+    assert skipped["path"] == "broken.jpg"
+    assert "not an image" in skipped["error"]
     assert "skipped broken.jpg" in process.stderr
     return root
 
@@ -145,6 +148,27 @@ def test_bad_usage_exits_2(indexed):
     assert cli("search", "x", "-k", "0", cwd=indexed).returncode == 2
     assert cli("index").returncode == 2
     assert cli("frobnicate").returncode == 2
+
+
+def assert_usage_error(process: subprocess.CompletedProcess, message: str) -> None:
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr
+    # The message may be wrapped inside a box drawn around it.
+    assert message in " ".join(process.stderr.replace("\u2502", " ").split())
+
+
+def test_a_memory_budget_that_is_not_a_size_is_a_usage_error(indexed):
+    process = cli("reindex", "--memory", "lots", cwd=indexed)
+    assert_usage_error(process, "--memory lots: give bytes, or a size like 512M or 4G")
+    info = cli("info", "--json", cwd=indexed)
+    assert json_lines(info.stdout)[0]["images"] == 4
+
+
+def test_recall_cut_offs_that_are_not_positive_whole_numbers_are_usage_errors(tmp_path):
+    process = cli("bench", "synthetic:5", "--k", "1,0", cwd=tmp_path)
+    assert_usage_error(process, "--k takes whole numbers of at least 1, like --k 1,5,10")
+    process = cli("bench", "synthetic:5", "--k", "one", cwd=tmp_path)
+    assert_usage_error(process, "--k takes whole numbers, like --k 1,5,10")
 
 
 def test_every_command_is_documented_in_the_readme():

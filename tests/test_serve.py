@@ -407,17 +407,17 @@ def test_tags_answer_503_until_the_vocabulary_is_ready_and_searches_go_on(
 ):
     import threading
 
-    import retrieval.web.app
+    import retrieval.web.engine
 
     release = threading.Event()
-    real = retrieval.web.app.vocabulary
+    real = retrieval.web.engine.vocabulary
 
     def slow_vocabulary(turn_taking_encoder):
         turn_taking_encoder.encode_texts([f"prompt {i}" for i in range(100)])  # takes turns
         assert release.wait(60)
         return real(turn_taking_encoder)
 
-    monkeypatch.setattr(retrieval.web.app, "vocabulary", slow_vocabulary)
+    monkeypatch.setattr(retrieval.web.engine, "vocabulary", slow_vocabulary)
     client = TestClient(create_app(default_dir(root), encoder=encoder))
     item_id = ids_by_path(client)["home/img02.jpg"]  # a search while the vocabulary is embedded
     waiting = client.get(f"/api/items/{item_id}/describe")

@@ -1,23 +1,19 @@
 """The web app: a page to search a collection by text or by example image, and its JSON API.
 
-The model is loaded once, when the app is made, and shared by every request (see Engine). Every
-search reads the catalog's committed state, so it sees what a running `retrieval index` has
-committed so far.
+The model is loaded once, when the app is made, and shared by every request (see engine.py).
+Every search reads the catalog's committed state, so it sees what a running `retrieval index`
+has committed so far. The routes come in groups: searches, items, files.
 """
 
 from __future__ import annotations
 
-import atexit
 import posixpath
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,12 +23,13 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from index.collection import find_collection
 from index.errors import CollectionError
 
-from ..errors import ImageReadError, QueryError, RetrievalError, UnknownItem
+from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
 from ..models import Encoder
 from ..search import Hit, Searcher, TextHit, parse_text_query
-from ..vocabulary import vocabulary
 from . import media
+from .engine import Engine
+from .errors import NotServable
 
 STATIC = Path(__file__).parent / "static"
 THUMBNAILS = "thumbnails"
@@ -70,118 +67,6 @@ class FolderOut(BaseModel):
     images: int
 
 
-class Engine:
-    """What requests share: one searcher with a warm encoder.
-
-    Requests run in a thread pool. They take turns on the encoder (on a CPU, concurrent runs
-    only fight over the cores) and, separately, on the collection (one SQLite connection, and
-    search structures kept in memory between requests), so one request's search overlaps the
-    next one's encoding. Always the encoder first, then the collection.
-    """
-
-    def __init__(self, searcher: Searcher) -> None:
-        self._searcher = searcher
-        self.directory = searcher.collection.dir
-        self.encoder: Encoder = searcher.encoder
-        self.encoder.encode_texts(["warm up"])  # the first run of a session allocates; pay now
-        self._encoding = threading.Lock()
-        self._reading = threading.Lock()
-        self._folders: tuple[int, list[FolderOut]] = (-1, [])
-        self._last_request = 0.0
-        self.tags_ready = threading.Event()
-        self.tags_error: str | None = None
-        self._stopping = threading.Event()
-        self._tags = threading.Thread(target=self._prepare_tags, name="tags", daemon=True)
-        self._tags.start()
-        # A thread still inside the model when the interpreter exits aborts the process.
-        atexit.register(self.close)
-
-    def close(self) -> None:
-        """Stop the background work (after its current small batch) and wait for it."""
-        self._stopping.set()
-        self._tags.join()
-
-    def _prepare_tags(self) -> None:
-        """Embed the built-in tag vocabulary (ImageNet's classes) once per model, in the
-        background: on a CPU that is a minute or two of text encoding. It works only while no
-        request has used the encoder for a second, a small batch at a time, so a search waits
-        at most for one small batch."""
-        try:
-            vocabulary(_WhenIdle(self.encoder, self._encoding, self._wait_until_idle))
-        except _Stopped:
-            return  # the app is closing; the vocabulary is finished by the next start
-        except RetrievalError as e:
-            self.tags_error = str(e)
-        finally:
-            self.tags_ready.set()
-
-    @contextmanager
-    def encoding(self) -> Iterator[Searcher]:
-        self._last_request = time.monotonic()
-        with self._encoding:
-            yield self._searcher
-        self._last_request = time.monotonic()
-
-    def _wait_until_idle(self, quiet_s: float = 1.0) -> None:
-        """Return when no request has used the encoder for quiet_s; raise _Stopped when the
-        app is closing."""
-        while (wait := self._last_request + quiet_s - time.monotonic()) > 0:
-            if self._stopping.wait(wait):
-                break
-        if self._stopping.is_set():
-            raise _Stopped
-
-    @contextmanager
-    def reading(self) -> Iterator[Searcher]:
-        with self._reading:
-            yield self._searcher
-
-    def folders(self) -> list[FolderOut]:
-        """Every folder holding indexed images (with its images, subfolders included)."""
-        with self.reading() as searcher:
-            catalog = searcher.collection.catalog
-            version = catalog.version
-            if self._folders[0] == version:
-                return self._folders[1]
-            paths = [item.path for item in catalog.items() if item.status == "ok"]
-        counts: Counter[str] = Counter()
-        for path in paths:
-            parts = path.split("/")[:-1]
-            counts.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        folders = [FolderOut(folder=f, images=n) for f, n in sorted(counts.items())]
-        self._folders = (version, folders)
-        return folders
-
-
-class _Stopped(Exception):
-    """Background work was asked to stop."""
-
-
-class _WhenIdle:
-    """An encoder for background work: before each small batch of texts it waits until the
-    app's requests leave the encoder alone, then takes the encoder's lock for that batch."""
-
-    BATCH = 8
-
-    def __init__(
-        self, encoder: Encoder, lock: threading.Lock, wait_until_idle: Callable[[], None]
-    ) -> None:
-        self._encoder = encoder
-        self._lock = lock
-        self._wait_until_idle = wait_until_idle
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._encoder, name)
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        parts = []
-        for start in range(0, len(texts), self.BATCH):
-            self._wait_until_idle()
-            with self._lock:
-                parts.append(self._encoder.encode_texts(texts[start : start + self.BATCH]))
-        return np.concatenate(parts)
-
-
 def create_app(
     collection_dir: Path | None = None,
     *,
@@ -217,12 +102,16 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     _errors(app)
     _upload_limit(app, max_upload_bytes)
-    _routes(app, engine, max_upload_bytes)
+    _search_routes(app, engine, max_upload_bytes)
+    _item_routes(app, engine)
+    _file_routes(app, engine)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
-def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
+def _search_routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
+    """The page, the collection's description, and searches by text or by uploaded image."""
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -260,7 +149,7 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         data = file.file.read(max_upload_bytes + 1)
         name = Path(file.filename or "upload").name
         if len(data) > max_upload_bytes:
-            raise media.NotServable(_too_large(name, max_upload_bytes), status=413)
+            raise NotServable(_too_large(name, max_upload_bytes), status=413)
         if not data:
             raise QueryError(f"{name}: the upload is empty")
         prefix = _folder_prefix(folder)
@@ -269,13 +158,17 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         with _timed(response, "search"), engine.reading() as searcher:
             return _hits(searcher.search_vector(vector, k=k, prefix=prefix), searcher)
 
+
+def _item_routes(app: FastAPI, engine: Engine) -> None:
+    """An indexed image's details, the images like it, and texts that describe it."""
+
     @app.get("/api/items/{item_id}", response_model=ItemOut)
     def item(item_id: int) -> ItemOut:
         """An indexed image's path (relative to the root), size in bytes and pixel size."""
         with engine.reading() as searcher:
             found = searcher.collection.catalog.get(item_id)
         if found is None or found.status != "ok":
-            raise media.NotServable(f"no indexed image has id {item_id}")
+            raise NotServable(f"no indexed image has id {item_id}")
         return ItemOut(
             id=found.id, path=found.path, width=found.width, height=found.height, size=found.size
         )
@@ -294,16 +187,20 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         with engine.reading() as searcher:
             has_texts = searcher.collection.catalog.count_texts() > 0
         if not has_texts and not engine.tags_ready.is_set():
-            raise media.NotServable(
+            raise NotServable(
                 "tags are being prepared (ImageNet's 1,000 classes, once per model); "
                 "try again in a minute",
                 status=503,
             )
         if not has_texts and engine.tags_error:
-            raise media.NotServable(engine.tags_error, status=503)
+            raise NotServable(engine.tags_error, status=503)
         with engine.encoding(), engine.reading() as searcher:
             tags: list[TextHit] = searcher.describe_vector(searcher.item_vector(item_id), k=k)
         return [TagOut(rank=t.rank, score=t.score, text=t.text) for t in tags]
+
+
+def _file_routes(app: FastAPI, engine: Engine) -> None:
+    """The image files themselves (as found, or re-encoded), their thumbnails, and the folders."""
 
     @app.get("/api/items/{item_id}/thumbnail", response_class=Response)
     def thumbnail(item_id: int, request: Request) -> Response:
@@ -325,7 +222,7 @@ def _routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
     @app.get("/api/folders", response_model=list[FolderOut])
     def folders() -> list[FolderOut]:
         """The folders holding indexed images, for the folder filter."""
-        return engine.folders()
+        return [FolderOut(folder=f.folder, images=f.images) for f in engine.folders()]
 
 
 def _errors(app: FastAPI) -> None:
@@ -334,8 +231,8 @@ def _errors(app: FastAPI) -> None:
         status = 404 if isinstance(error, UnknownItem) else 400
         return JSONResponse({"detail": str(error)}, status_code=status)
 
-    @app.exception_handler(media.NotServable)
-    def not_servable(request: Request, error: media.NotServable) -> JSONResponse:
+    @app.exception_handler(NotServable)
+    def not_servable(request: Request, error: NotServable) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=error.status)
 
     @app.exception_handler(CollectionError)

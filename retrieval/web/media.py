@@ -15,8 +15,9 @@ from PIL import Image
 from index.atomic import write_bytes_atomic
 from index.catalog import STATUS_OK, Catalog
 
-from ..errors import ImageReadError, RetrievalError
+from ..errors import ImageReadError
 from ..images import load_image
+from .errors import NotServable
 
 THUMBNAIL_SIDE = 320
 """Thumbnails fit in a square this many pixels wide (sharp on a 2x screen at 160 CSS px)."""
@@ -35,14 +36,6 @@ BROWSER_FORMATS = {
     ".bmp": "image/bmp",
     ".avif": "image/avif",
 }
-
-
-class NotServable(RetrievalError):
-    """An item that exists nowhere the app may serve from. `status` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 404) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

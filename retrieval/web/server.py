@@ -9,11 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RetrievalError
-
-
-class ServeError(RetrievalError):
-    """The app cannot listen where it was asked to."""
+from .errors import ServeError
 
 
 @dataclass(frozen=True)
