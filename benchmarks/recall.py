@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retrieval.bench import RecallReport, run_benchmark
 from retrieval.datasets import load_dataset
-from retrieval.models import model_identity
+from retrieval.encoders.identity import model_identity
 
 KS = (1, 5, 10)
 

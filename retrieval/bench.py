@@ -24,8 +24,10 @@ from index.collection import Collection
 from index.manifest import ModelIdentity
 
 from .datasets import CaptionedDataset, DatasetError
+from .encoders import load_encoder
+from .encoders.identity import DEFAULT_MODEL
+from .encoders.torch_encoder import Encoder
 from .indexer import IndexProgress, index_folder
-from .models import DEFAULT_MODEL, Encoder, load_encoder
 from .recall import (
     image_to_text_ranks,
     ranks_from_neighbours,

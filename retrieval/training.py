@@ -23,8 +23,7 @@ from index.atomic import atomic_path
 from index.manifest import ModelIdentity
 
 from .datasets import CaptionedDataset, DatasetError
-from .errors import RetrievalError
-from .models import (
+from .encoders.torch_encoder import (
     Encoder,
     create_model,
     create_untrained,
@@ -34,6 +33,7 @@ from .models import (
     save_local_dir,
     wrap_model,
 )
+from .errors import RetrievalError
 from .pipeline import decode_files
 from .recall import image_to_text_ranks, recall_from_ranks, text_to_image_ranks
 from .scan import FileInfo

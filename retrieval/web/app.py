@@ -27,9 +27,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from index.collection import find_collection
 from index.errors import CollectionError
 
+from ..encoders.torch_encoder import Encoder
 from ..errors import ImageReadError, QueryError, RetrievalError, UnknownItem
 from ..info import collection_info
-from ..models import Encoder
 from ..search import Hit, Searcher, TextHit, parse_text_query
 from ..vocabulary import vocabulary
 from . import media
