@@ -63,7 +63,7 @@ def emit_json(obj: dict[str, Any]) -> None:
 
 
 def _model(model: str | None, pretrained: str | None) -> Any:
-    from retrieval.models import model_identity
+    from retrieval.encoders.identity import model_identity
 
     return None if model is None else model_identity(model, pretrained)
 
@@ -347,9 +347,9 @@ def bench_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Recall@k of a model on a captioned dataset, exactly and through the FAISS index."""
+    from retrieval.encoders.identity import DEFAULT_MODEL
     from retrieval.eval.bench import run_benchmark
     from retrieval.eval.datasets import load_dataset
-    from retrieval.models import DEFAULT_MODEL
 
     with user_errors():
         cutoffs = _parse_ks(ks)
@@ -457,8 +457,8 @@ def train_command(
 
 
 def _training_model(model: str, pretrained: str | None) -> dict[str, Any]:
+    from retrieval.encoders.identity import model_identity
     from retrieval.errors import RetrievalError
-    from retrieval.models import model_identity
 
     if model.endswith(".json"):
         path = Path(model).expanduser()
@@ -541,16 +541,16 @@ def export_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Export a model's towers to ONNX (checked against PyTorch) for --backend onnx."""
-    from retrieval.onnx_backend import export_model
+    from retrieval.encoders import export_model
 
     with user_errors():
         results = [export_model(_model(model, pretrained), p, index) for p in precision]
     for result in results:
         if as_json:
-            emit_json(result)
+            emit_json(result.to_json())
         else:
-            cosines = ", ".join(f"{k} {v:.6f}" for k, v in result["min_cosine_to_torch"].items())
-            print(f"{result['model']} {result['precision']}: {result['folder']} "
+            cosines = ", ".join(f"{k} {v:.6f}" for k, v in result.min_cosine_to_torch.items())
+            print(f"{result.model} {result.precision}: {result.folder} "
                   f"(cosine to PyTorch: {cosines})")  # fmt: skip
 
 

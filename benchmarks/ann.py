@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 # OpenMP threads that spin after a batch search slow the next single queries down by 10-30x on
-# 2 cores; the engine asks for passive waiting too (retrieval.models.import_torch). It only takes
-# effect before faiss's first import; a user's setting wins.
+# 2 cores; the engine asks for passive waiting too (retrieval.encoders.torch_encoder.import_torch).
+# It only takes effect before faiss's first import; a user's setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

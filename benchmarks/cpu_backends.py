@@ -30,10 +30,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from index.collection import Collection
+from retrieval.encoders import load_encoder, load_onnx_encoder
+from retrieval.encoders.identity import model_identity
+from retrieval.encoders.torch_encoder import create_untrained
 from retrieval.eval.bench import run_benchmark
 from retrieval.eval.datasets import load_dataset
-from retrieval.models import create_untrained, load_encoder, model_identity
-from retrieval.onnx_backend import load_onnx_encoder
 
 BACKENDS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))
 COLD = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
@@ -142,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
-    from retrieval.models import import_torch
+    from retrieval.encoders.torch_encoder import import_torch
 
     import_torch()  # first, so that OpenMP's workers sleep when idle, as in the CLI
     import open_clip

@@ -118,7 +118,8 @@ def stored_vectors(directory: Path) -> dict[str, np.ndarray]:
 def run(args: argparse.Namespace) -> dict:
     import open_clip
 
-    from retrieval.models import create_untrained, import_torch, load_encoder
+    from retrieval.encoders import load_encoder
+    from retrieval.encoders.torch_encoder import create_untrained, import_torch
 
     import_torch()
     result: dict = {"device": args.device, "models": {}, "end_to_end": None}

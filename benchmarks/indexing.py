@@ -31,14 +31,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retrieval.indexer import index_folder
-from retrieval.models import (
-    TINY_MODEL_CFG,
+from retrieval.encoders import load_encoder
+from retrieval.encoders.torch_encoder import (
     Encoder,
+    architecture,
     create_untrained,
     import_torch,
-    load_encoder,
 )
+from retrieval.indexer import index_folder
 
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
@@ -97,7 +97,7 @@ def bench_naive(encoder: Encoder, folder: Path, batch_size: int) -> float:
 
 
 def bench_reindex(folder: Path, files: int) -> dict[str, float]:
-    model = create_untrained(TINY_MODEL_CFG, folder.parent / "tiny-model")
+    model = create_untrained(architecture("tiny"), folder.parent / "tiny-model")
     folder.mkdir(parents=True, exist_ok=True)
     small = photo_like(64, 48, 0)
     for i in range(files):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from retrieval.encoders.identity import model_identity
 from retrieval.eval.bench import RecallReport, run_benchmark
 from retrieval.eval.datasets import load_dataset
-from retrieval.models import model_identity
 
 KS = (1, 5, 10)
 

@@ -184,13 +184,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
     args = parser.parse_args()
 
-    from retrieval.models import import_torch
+    from retrieval.encoders.torch_encoder import import_torch
 
     import_torch()
     import open_clip
 
-    from retrieval.models import create_untrained, load_encoder
-    from retrieval.onnx_backend import load_onnx_encoder
+    from retrieval.encoders import load_encoder, load_onnx_encoder
+    from retrieval.encoders.torch_encoder import create_untrained
 
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETRIEVAL_CACHE": f"{scratch}/cache"}

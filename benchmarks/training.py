@@ -22,10 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from index.manifest import ModelIdentity
-from retrieval.demo import DEMO_MODEL_CFG, TEST_SPEC, TRAIN_SPEC
+from retrieval.demo import TEST_SPEC, TRAIN_SPEC
+from retrieval.encoders import load_encoder
+from retrieval.encoders.identity import model_identity
+from retrieval.encoders.torch_encoder import architecture
 from retrieval.eval.bench import run_benchmark
 from retrieval.eval.datasets import load_dataset
-from retrieval.models import load_encoder, model_identity
 from retrieval.training import TrainConfig, TrainProgress, train
 
 
@@ -75,7 +77,7 @@ def demo_curve(epochs: int) -> dict:
             )
 
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(out=Path(out), model_cfg=DEMO_MODEL_CFG, epochs=epochs,
+        config = TrainConfig(out=Path(out), model_cfg=architecture("demo"), epochs=epochs,
                              batch_size=64, lr=1e-3, warmup=50, val_split=0.05)  # fmt: skip
         report = train(train_set, config, record)
         encoder = load_encoder(model_identity(f"local-dir:{out}"), device="cpu")

@@ -5,8 +5,8 @@ report = index_folder("~/Pictures")
 with Searcher.open("~/Pictures/.retrieval") as searcher:
     hits = searcher.search(parse_query(["a dog on a beach"]), k=5)
 
-Names are imported on first use, so that `import retrieval.tokenizer` (the query path) pays for
-nothing else.
+Names are imported on first use, so that `import retrieval.encoders.tokenizer` (the query path)
+pays for nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _EXPORTS = {
     "DatasetError": ".eval.errors",
     "load_dataset": ".eval.datasets",
     "ImageReadError": ".errors",
-    "ModelLoadError": ".errors",
+    "ModelLoadError": ".encoders.errors",
     "QueryError": ".errors",
     "RetrievalError": ".errors",
     "IndexProgress": ".indexer",
@@ -32,10 +32,10 @@ _EXPORTS = {
     "reindex": ".indexer",
     "CollectionInfo": ".info",
     "collection_info": ".info",
-    "DEFAULT_MODEL": ".models",
-    "Encoder": ".models",
-    "load_encoder": ".models",
-    "model_identity": ".models",
+    "DEFAULT_MODEL": ".encoders.identity",
+    "Encoder": ".encoders.torch_encoder",
+    "load_encoder": ".encoders",
+    "model_identity": ".encoders.identity",
     "recall_at_k": ".eval.recall",
     "Hit": ".search",
     "QueryTerm": ".search",

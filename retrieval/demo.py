@@ -7,22 +7,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from .encoders import load_encoder
+from .encoders.identity import model_identity
+from .encoders.torch_encoder import architecture
 from .eval.bench import RecallReport, run_benchmark
 from .eval.datasets import load_dataset
 from .indexer import IndexReport, index_folder
-from .models import load_encoder, model_identity
 from .search import Hit, Searcher, TextHit, parse_query
 from .texts import add_texts
 from .training import TrainConfig, TrainProgress, TrainReport, train
-
-DEMO_MODEL_CFG: dict[str, Any] = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
-}
-"""A small ViT and text transformer: about two minutes of training on two CPU cores."""
 
 TRAIN_SPEC = "synthetic:2000"  # its train split is disjoint from synthetic:500's test split
 TEST_SPEC = "synthetic:500"
@@ -58,7 +52,7 @@ def run_demo(
         train_set,
         TrainConfig(
             out=out / "model",
-            model_cfg=DEMO_MODEL_CFG,
+            model_cfg=architecture("demo"),
             epochs=epochs,
             batch_size=64,
             lr=1e-3,

@@ -5,10 +5,6 @@ class RetrievalError(Exception):
     """Base class for every expected failure of the library."""
 
 
-class ModelLoadError(RetrievalError):
-    """A model's configuration or weights cannot be had."""
-
-
 class ImageReadError(RetrievalError):
     """A file cannot be decoded as an image. `reason` is the why, without the file's name."""
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from .encoders.preprocess import crop_offsets, resized_size
 from .errors import ImageReadError
 from .images import DEFAULT_MAX_PIXELS, ORIENTATION_TAG
 
@@ -84,25 +85,20 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def resize_and_crop(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """open_clip's eval geometry on a (C, H, W) uint8 tensor: uint8 (H', W', C).
 
-    The same sizes and crop as the Pillow path (retrieval.onnx_backend.resize_and_crop), with
-    antialiased bicubic filtering, which follows Pillow's filter closely.
+    The same sizes and crop as the Pillow path (retrieval.encoders.preprocess.resize_and_crop),
+    with antialiased bicubic filtering, which follows Pillow's filter closely.
     """
     import torch.nn.functional as F
 
     height, width = size
     _, h, w = image.shape
-    if mode == "squash":
-        new_h, new_w = height, width
-    else:
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = height, int(height * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    new_w, new_h = (width, height) if mode == "squash" else resized_size(w, h, height)
     if (new_h, new_w) != (h, w):
         resized = F.interpolate(
             image[None].float(), size=(new_h, new_w), mode="bicubic", antialias=True
         )[0]
         image = resized.round_().clamp_(0, 255).to(image.dtype)
-    top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
+    left, top = crop_offsets(new_w, new_h, size)
     return image[:, top : top + height, left : left + width].permute(1, 2, 0)
 
 

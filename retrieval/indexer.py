@@ -21,10 +21,12 @@ from index.collection import Collection, default_dir, find_collection
 from index.errors import CollectionError
 from index.manifest import ModelIdentity
 
+from .encoders import load_encoder
+from .encoders.identity import DEFAULT_MODEL
+from .encoders.torch_encoder import Encoder
 from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
-from .models import DEFAULT_MODEL, Encoder, load_encoder
 from .pipeline import Decoded, decode_files
 from .scan import FileInfo, ScanProblem, scan, stat_files
 

@@ -20,9 +20,10 @@ from index.collection import MANIFEST, Collection, find_collection
 from index.errors import CollectionLocked
 from index.manifest import Manifest, ModelIdentity
 
+from .encoders import load_encoder
+from .encoders.torch_encoder import Encoder
 from .errors import ImageReadError, QueryError, UnknownItem
 from .images import IMAGE_EXTENSIONS, load_image
-from .models import Encoder, load_encoder
 from .vocabulary import vocabulary
 
 TermKind = Literal["text", "image"]

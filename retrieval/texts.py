@@ -10,8 +10,9 @@ from pathlib import Path
 from index.catalog import TEXT
 from index.collection import Collection, find_collection
 
+from .encoders import load_encoder
+from .encoders.torch_encoder import Encoder
 from .errors import RetrievalError
-from .models import Encoder, load_encoder
 
 TEXT_COLUMNS = ("text", "caption", "title", "label")
 

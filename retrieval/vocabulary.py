@@ -20,8 +20,10 @@ import numpy as np
 from index.atomic import write_bytes_atomic
 
 from .cache import cache_dir
-from .errors import ModelLoadError
-from .models import LOCAL_DIR, Encoder
+from .encoders.errors import ModelLoadError
+from .encoders.identity import LOCAL_DIR
+from .encoders.preprocess import normalised
+from .encoders.torch_encoder import Encoder
 
 # A CPU text tower does a few dozen prompts per second: two templates there, more on a GPU.
 CPU_TEMPLATES = ("a photo of a {}.", "itap of a {}.")
@@ -74,7 +76,7 @@ def embed_classes(
     ]
     per_prompt = np.concatenate(parts).reshape(len(names), len(templates), -1)
     mean = per_prompt.mean(axis=1)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+    return normalised(mean)
 
 
 def vocabulary(encoder: Encoder) -> tuple[list[str], np.ndarray]:

@@ -16,7 +16,8 @@ from PIL import Image
 from tiny_model import make_tiny_model
 
 from index.manifest import ModelIdentity
-from retrieval.models import Encoder, load_encoder
+from retrieval.encoders import load_encoder
+from retrieval.encoders.torch_encoder import Encoder
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ import torch
 from conftest import photo
 from PIL import Image, ImageOps
 
+from retrieval.encoders.preprocess import resize_and_crop as pillow_resize_and_crop
 from retrieval.errors import ImageReadError
 from retrieval.gpu_decode import JpegDecoder, JpegJob, orient, read_header, resize_and_crop
 from retrieval.images import load_image
-from retrieval.onnx_backend import resize_and_crop as pillow_resize_and_crop
 
 SIZE = (64, 64)
 

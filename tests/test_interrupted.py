@@ -61,7 +61,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from retrieval.indexer import index_folder
-    from retrieval.models import model_identity
+    from retrieval.encoders.identity import model_identity
 
     root, model, how = sys.argv[1], sys.argv[2], sys.argv[3]
     commits = 0

@@ -14,14 +14,10 @@ import pytest
 from conftest import photo, write_photos
 from PIL import Image
 
+from retrieval.encoders import load_encoder, load_onnx_encoder
+from retrieval.encoders.onnx_cache import WEIGHTS_ALIGNMENT, export_folder
+from retrieval.encoders.preprocess import resize_and_crop
 from retrieval.indexer import index_folder
-from retrieval.models import load_encoder
-from retrieval.onnx_backend import (
-    WEIGHTS_ALIGNMENT,
-    export_folder,
-    load_onnx_encoder,
-    resize_and_crop,
-)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,7 +89,7 @@ def test_an_export_with_weights_inside_its_graph_is_converted_without_torch(
     def no_export(*args: object) -> None:
         raise AssertionError("exported again")
 
-    monkeypatch.setattr("retrieval.onnx_backend.export", no_export)
+    monkeypatch.setattr("retrieval.encoders.onnx_export.export", no_export)
     again = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
     files = json.loads((again.folder / "meta.json").read_text())["files"]
     for name, content in exported.items():  # as a new export stores them, byte for byte
@@ -232,3 +228,18 @@ def test_onnx_search_ranks_like_torch(tmp_path, cache, encoder, tiny_model):
     with Searcher.open(root / ".retrieval", encoder=onnx) as searcher:
         onnx_hits = searcher.search(parse_query(["a dog"]), k=12)
     assert [round(h.score, 4) for h in onnx_hits] == [round(h.score, 4) for h in torch_hits]
+
+
+def test_the_encoders_package_and_its_onnx_query_path_import_no_torch():
+    code = (
+        "import retrieval.encoders, retrieval.encoders.onnx_encoder, "
+        "retrieval.encoders.onnx_cache, retrieval.encoders.tokenizer, sys; "
+        "loaded = {'torch', 'open_clip', 'torchvision'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from retrieval.models import load_encoder
+from retrieval.encoders import load_encoder
 
 
 def test_cpu_bf16_casts_the_weights_and_stays_close_to_fp32(tiny_model, encoder):

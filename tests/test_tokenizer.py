@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import tokenizer as tokenizer_module
-from retrieval.errors import ModelLoadError
-from retrieval.tokenizer import ClipTokenizer, load_tokenizer
+from retrieval.encoders import tokenizer as tokenizer_module
+from retrieval.encoders.errors import ModelLoadError
+from retrieval.encoders.tokenizer import ClipTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -348,7 +348,7 @@ def test_missing_open_clip_is_a_clear_error(monkeypatch) -> None:
 
 def test_tokenizing_imports_neither_torch_nor_open_clip() -> None:
     code = (
-        "import sys; import retrieval.tokenizer as t; t.load_tokenizer()(['a dog']); "
+        "import sys; import retrieval.encoders.tokenizer as t; t.load_tokenizer()(['a dog']); "
         "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, "
         "sorted(m for m in sys.modules if m.startswith(('torch', 'open_clip')))"
     )

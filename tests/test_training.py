@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval.encoders import load_encoder
+from retrieval.encoders.identity import model_identity
 from retrieval.eval.datasets import load_dataset
 from retrieval.images import load_image
-from retrieval.models import load_encoder, model_identity
 from retrieval.training import TrainConfig, TrainProgress, train
 
 # Small enough for a test, big enough to learn the synthetic captions in a few hundred steps.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from index.manifest import ModelIdentity
-from retrieval.models import TINY_MODEL_CFG, create_untrained
+from retrieval.encoders.torch_encoder import architecture, create_untrained
 
 
 def make_tiny_model(folder: Path, seed: int = 0) -> ModelIdentity:
-    return create_untrained(TINY_MODEL_CFG, folder, seed=seed)
+    return create_untrained(architecture("tiny"), folder, seed=seed)

@@ -23,8 +23,10 @@ from index.catalog import TEXT
 from index.collection import Collection
 from index.manifest import ModelIdentity
 
+from ..encoders import load_encoder
+from ..encoders.identity import DEFAULT_MODEL
+from ..encoders.torch_encoder import Encoder
 from ..indexer import IndexProgress, index_folder
-from ..models import DEFAULT_MODEL, Encoder, load_encoder
 from ..texts import add_texts
 from .datasets import CaptionedDataset
 from .errors import DatasetError

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..encoders.torch_encoder import Encoder
 from ..eval.datasets import CaptionedDataset
 from ..eval.errors import DatasetError
-from ..models import Encoder
 from ..pipeline import decode_files
 from ..scan import FileInfo
 from .config import TrainConfig

@@ -16,9 +16,7 @@ import numpy as np
 from index.atomic import atomic_path
 from index.manifest import ModelIdentity
 
-from ..eval.datasets import CaptionedDataset
-from ..eval.recall import recall_at_k
-from ..models import (
+from ..encoders.torch_encoder import (
     Encoder,
     create_model,
     create_untrained,
@@ -28,6 +26,8 @@ from ..models import (
     save_local_dir,
     wrap_model,
 )
+from ..eval.datasets import CaptionedDataset
+from ..eval.recall import recall_at_k
 from .config import TrainConfig, TrainProgress, TrainReport, check_config
 from .data import TrainingData
 from .errors import TrainingError

@@ -23,9 +23,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from index.collection import find_collection
 from index.errors import CollectionError
 
+from ..encoders.torch_encoder import Encoder
 from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
-from ..models import Encoder
 from ..search import Hit, Searcher, TextHit, parse_text_query
 from . import media
 from .engine import Engine

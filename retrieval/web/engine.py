@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders.torch_encoder import Encoder
 from ..errors import RetrievalError
-from ..models import Encoder
 from ..search import Searcher
 from ..vocabulary import vocabulary
 

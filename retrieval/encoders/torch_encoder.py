@@ -1,4 +1,4 @@
-"""Loading open_clip models and encoding images and texts into the shared embedding space.
+"""open_clip models in PyTorch: loading, encoding images and texts, saving in local-dir format.
 
 torch and open_clip are imported inside functions: commands that need no model (an unchanged
 re-index, `info`) never pay for them.
@@ -7,11 +7,12 @@ re-index, `info`) never pay for them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,44 +21,14 @@ import numpy as np
 from index.manifest import ModelIdentity
 
 from .errors import ModelLoadError
+from .identity import LOCAL_DIR, model_identity, weights_hash
+from .preprocess import PreprocessCfg, normalised
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-DEFAULT_MODEL = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k")
-LOCAL_DIR = "local-dir:"
-HF_HUB = "hf-hub:"
-
-
-RANDOM_WEIGHTS = "none"
-"""The --pretrained value that asks for randomly initialised weights (speed tests)."""
-
-
-def model_identity(name: str, pretrained: str | None = None) -> ModelIdentity:
-    """Normalise a user's model choice.
-
-    local-dir: folders become absolute; hf-hub: and local-dir: models carry their own weights, so
-    they take no tag. A built-in architecture needs a pretrained tag (the default model's is
-    implied); `none` asks for random weights.
-    """
-    if name.startswith(LOCAL_DIR):
-        path = Path(name[len(LOCAL_DIR) :]).expanduser()
-        return ModelIdentity(LOCAL_DIR + str(path.resolve()), None)
-    if name.startswith(HF_HUB):
-        return ModelIdentity(name, None)
-    if pretrained is None:
-        if name == DEFAULT_MODEL.name:
-            return DEFAULT_MODEL
-        import open_clip
-
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        raise ModelLoadError(
-            f"model {name} needs --pretrained TAG"
-            + (f" (one of: {', '.join(tags)})" if tags else "")
-            + "; or use --model local-dir:/path/to/folder"
-        )
-    return ModelIdentity(name, None if pretrained == RANDOM_WEIGHTS else pretrained)
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def import_torch() -> Any:
@@ -99,13 +70,10 @@ class Encoder:
     model: Any
     tokenizer: Callable[[Sequence[str]], Any]
     geometry: Callable[[Image.Image], Image.Image]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    image_size: tuple[int, int]
+    preprocess: PreprocessCfg
     device: str
     precision: str
     dim: int
-    preprocess_cfg: dict[str, Any] = field(default_factory=dict)
     backend: str = "torch"
     _weights_hash: str | None = None
     _batch_limit: int | None = None
@@ -115,15 +83,31 @@ class Encoder:
     def weights_hash(self) -> str:
         """SHA-256 of the weights (computed once, on first use): the key of cached exports."""
         if self._weights_hash is None:
-            from .onnx_backend import weights_hash
-
             self._weights_hash = weights_hash(self.model)
         return self._weights_hash
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return self.preprocess.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocess.std
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """The preprocessing as open_clip records it (JSON-ready)."""
+        return self.preprocess.as_dict()
+
+    @property
     def min_side(self) -> int:
         """The smallest image side the preprocessing needs before it resizes."""
-        return max(self.image_size)
+        return self.preprocess.min_side
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Resize and crop an RGB image as the model expects: uint8 (H, W, 3)."""
@@ -173,7 +157,7 @@ class Encoder:
             batch = batch.to(torch.bfloat16)  # the weights are bf16 (see wrap_model)
         with torch.inference_mode(), self._autocast():
             features = self.model.encode_image(batch)
-        return _normalised(features)
+        return normalised(features.float().cpu().numpy())
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts. Returns float32 (n, dim), L2-normalised."""
@@ -182,7 +166,7 @@ class Encoder:
         tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode(), self._autocast():
             features = self.model.encode_text(tokens)
-        return _normalised(features)
+        return normalised(features.float().cpu().numpy())
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
@@ -192,67 +176,9 @@ class Encoder:
         return contextlib.nullcontext()
 
 
-def _normalised(features: torch.Tensor) -> np.ndarray:
-    array = features.float().cpu().numpy().astype(np.float32, copy=False)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return array / np.maximum(norms, 1e-12)
-
-
-BACKENDS = ("auto", "torch", "onnx")
-
-
-def choose_backend(backend: str, device: str) -> str:
-    """'auto': PyTorch where an NVIDIA GPU is (or was asked for), else ONNX Runtime, which is
-    faster on a CPU at the same recall (benchmarks/cpu_backends.py). Decided without importing
-    torch, which the ONNX query path never loads."""
-    if backend != "auto":
-        return backend
-    if device.startswith("cuda"):
-        return "torch"
-    gpu = os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-    return "torch" if device == "auto" and gpu else "onnx"
-
-
-def load_encoder(
-    identity: ModelIdentity,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    backend: str = "auto",
-    weights_hash: str | None = None,
-    towers: Sequence[str] = ("image", "text"),
-) -> Any:
-    """Load an open_clip model for inference (an Encoder, or an OnnxEncoder: same interface).
-
-    backend 'torch': precision 'auto' is bf16 autocast on CUDA and fp32 on the CPU; 'fp32' or
-    'bf16' force one (bf16 weights on a CPU). backend 'onnx' (CPU): precision 'fp32' (auto) or
-    'int8'; the towers are exported and cached on first use, and `towers` limits which are
-    loaded. backend 'auto': see choose_backend; a model the ONNX path cannot take falls back to
-    torch.
-    Raises ModelLoadError, naming the model and the local-dir: way out, when weights cannot be had.
-    """
-    chosen = choose_backend(backend, device)
-    if chosen == "onnx":
-        if device not in ("auto", "cpu"):
-            raise ModelLoadError("the onnx backend runs on the CPU; use --backend torch for CUDA")
-        from .onnx_backend import load_onnx_encoder
-
-        try:
-            return load_onnx_encoder(
-                identity,
-                precision="fp32" if precision == "auto" else precision,
-                weights_hash=weights_hash,
-                towers=towers,
-            )
-        except ModelLoadError:
-            if backend != "auto":
-                raise
-            backend = "torch"  # e.g. a tokenizer the ONNX path lacks: PyTorch can still run it
-            precision = "auto" if precision == "int8" else precision
-    else:
-        backend = chosen
-    if backend != "torch":
-        raise ModelLoadError(f"unknown backend {backend!r}; use torch or onnx")
+def load_torch_encoder(identity: ModelIdentity, *, device: str, precision: str) -> Encoder:
+    """An Encoder on this device ('auto', 'cpu', 'cuda...') at this precision ('auto', 'fp32',
+    'bf16'); 'auto' is bf16 autocast on CUDA and fp32 on the CPU."""
     device = resolve_device(device)
     if precision == "auto":
         precision = "bf16" if device.startswith("cuda") else "fp32"
@@ -276,44 +202,60 @@ def wrap_model(
     model = model.to(device).eval()
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
-    dim = _probe_dim(model, device)
+    dim = probe_dim(model, device)
     weights = None
     if precision == "bf16" and not device.startswith("cuda"):
-        from .onnx_backend import weights_hash
-
         weights = weights_hash(model)  # of the weights as given: the key of cached exports
         model = model.to(torch.bfloat16)
     import open_clip
 
     tokenizer = open_clip.get_tokenizer(identity.name)
-    geometry, mean, std = _split_preprocess(preprocess)
-    image_size = model.visual.image_size
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    geometry, config = split_preprocess(model, preprocess)
     return Encoder(
         identity=identity,
         model=model,
         tokenizer=tokenizer,
         geometry=geometry,
-        mean=mean,
-        std=std,
-        image_size=tuple(image_size),
+        preprocess=config,
         device=device,
         precision=precision,
         dim=dim,
-        preprocess_cfg={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
         _weights_hash=weights,
     )
 
 
-def _probe_dim(model: Any, device: str) -> int:
+def probe_dim(model: Any, device: str) -> int:
+    """The embedding dimension, from one blank image through the image tower."""
     import torch
 
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else size
     with torch.inference_mode():
         return int(model.encode_image(torch.zeros(1, 3, *size, device=device)).shape[-1])
+
+
+def split_preprocess(model: Any, preprocess: Any) -> tuple[Callable[[Any], Any], PreprocessCfg]:
+    """Split open_clip's eval transform into its PIL geometry and the model's PreprocessCfg
+    (size from the image tower, mean and std from the transform, the rest as open_clip
+    recorded it with the model)."""
+    from torchvision.transforms import Compose, Normalize
+
+    steps = list(preprocess.transforms)
+    geometric = []
+    for step in steps:
+        if type(step).__name__ in ("MaybeConvertMode", "MaybeToTensor", "ToTensor"):
+            break
+        if callable(step) and getattr(step, "__name__", "") == "_convert_to_rgb":
+            break
+        geometric.append(step)
+    normalize = next(s for s in steps if isinstance(s, Normalize))
+    config = PreprocessCfg.from_dict(
+        getattr(model.visual, "preprocess_cfg", None) or {},
+        size=model.visual.image_size,
+        mean=tuple(normalize.mean),
+        std=tuple(normalize.std),
+    )
+    return Compose(geometric), config
 
 
 def create_model(identity: ModelIdentity) -> tuple[Any, Any]:
@@ -361,34 +303,18 @@ def _load_failure_message(identity: ModelIdentity, error: Exception) -> str:
     )
 
 
-def _split_preprocess(preprocess: Any) -> tuple[Callable[[Any], Any], tuple, tuple]:
-    """Split open_clip's eval transform into its PIL geometry and its normalisation."""
-    from torchvision.transforms import Compose, Normalize
+def architecture(name: str) -> dict[str, Any]:
+    """A CLIP architecture (open_clip's `model_cfg`) shipped in configs/NAME.json.
 
-    steps = list(preprocess.transforms)
-    geometric = []
-    for step in steps:
-        if type(step).__name__ in ("MaybeConvertMode", "MaybeToTensor", "ToTensor"):
-            break
-        if callable(step) and getattr(step, "__name__", "") == "_convert_to_rgb":
-            break
-        geometric.append(step)
-    normalize = next(s for s in steps if isinstance(s, Normalize))
-    return Compose(geometric), tuple(normalize.mean), tuple(normalize.std)
-
-
-TINY_MODEL_CFG: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {
-        "context_length": 77,
-        "vocab_size": 49408,  # the standard tokenizer's vocabulary
-        "width": 64,
-        "heads": 2,
-        "layers": 2,
-    },
-}
-"""A tiny CLIP architecture, for tests and benchmarks that need a model but not its quality."""
+    'tiny': two layers of width 64, for tests and benchmarks that need a model but not its
+    quality; 'demo': a small ViT and text transformer, about two minutes of training on two CPU
+    cores. Both keep vocab_size 49408, the standard tokenizer's vocabulary.
+    """
+    path = CONFIGS / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.json")))
+        raise ModelLoadError(f"no architecture named {name!r} (known: {known})")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def create_untrained(model_cfg: dict[str, Any], folder: Path, *, seed: int = 0) -> ModelIdentity:
@@ -421,8 +347,6 @@ def save_local_dir(
 
     Writes open_clip_config.json and open_clip_model.safetensors, each atomically.
     """
-    import json
-
     from safetensors.torch import save_file
 
     from index.atomic import atomic_path, write_bytes_atomic
