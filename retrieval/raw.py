@@ -81,7 +81,7 @@ def decode_raw(
     except ImageReadError:
         raise
     except rawpy.LibRawError as e:
-        raise ImageReadError(label, f"not a RAW photo LibRaw can read ({_libraw_reason(e)})") from e
+        raise ImageReadError(label, f"LibRaw cannot read it ({_libraw_reason(e)})") from e
     except (MemoryError, ValueError) as e:
         raise ImageReadError(label, f"cannot decode the RAW data ({e})") from e
 

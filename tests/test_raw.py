@@ -159,6 +159,19 @@ def test_a_truncated_raw_raises_a_clear_error(tmp_path: Path):
     assert "LibRaw" in caught.value.reason
 
 
+def test_a_raw_whose_sensor_data_lies_past_its_end_raises_a_clear_error(tmp_path: Path):
+    data = bytearray(raw_file(tmp_path).read_bytes())
+    ifd = int.from_bytes(data[4:8], "little")
+    for entry in range(int.from_bytes(data[ifd : ifd + 2], "little")):
+        at = ifd + 2 + 12 * entry
+        if int.from_bytes(data[at : at + 2], "little") == 273:  # StripOffsets
+            data[at + 8 : at + 12] = (len(data) + 16).to_bytes(4, "little")
+    cut = tmp_path / "cut.arw"
+    cut.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"cut\.arw: LibRaw cannot read it \("):
+        decode_image(cut, min_size=64)
+
+
 def test_a_raw_over_the_pixel_cap_is_refused_before_decoding(tmp_path: Path):
     with pytest.raises(ImageReadError, match="decompression-bomb cap"):
         decode_image(raw_file(tmp_path), min_size=64, max_pixels=SENSOR_W * SENSOR_H - 1)
