@@ -325,8 +325,8 @@ def serve_command(
 def bench_command(
     dataset: str = typer.Argument(
         ...,
-        help="synthetic[:N], a Karpathy-split JSON (dataset_flickr30k.json), or an "
-        "image,caption CSV/TSV.",
+        help="synthetic[:N], a Karpathy-split JSON (dataset_flickr30k.json), a COCO caption "
+        "file (captions_val2017.json), or an image,caption CSV/TSV.",
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip model (default ViT-B-32)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help="Tag for --model."),
@@ -336,7 +336,10 @@ def bench_command(
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     images_dir: Path | None = typer.Option(
-        None, "--images-dir", help="Images folder of a Karpathy JSON (default: images/ beside it)."
+        None,
+        "--images-dir",
+        help="Images folder of a JSON dataset (default: images/ beside a Karpathy JSON; "
+        "val2017/ beside a COCO captions_val2017.json or its annotations/ folder).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Keep the collection, recall.json, recall.png and the embeddings here."
@@ -370,6 +373,8 @@ def bench_command(
     print(
         f"{report.dataset}: {report.images} images, {report.texts} captions, model {report.model}"
     )
+    if report.uncaptioned_images:
+        print(f"({report.uncaptioned_images} images without a caption left out)")
     print(f"{'':>22}" + "".join(f"{'R@' + str(k):>8}" for k in report.ks))
     rows = [
         ("text->image", report.text_to_image),

@@ -1,4 +1,5 @@
-"""Reading image files: EXIF orientation, draft-mode JPEG decoding, every mode to RGB.
+"""Reading image files: EXIF orientation, draft-mode JPEG decoding, every mode to RGB; camera
+RAW files go to retrieval.raw.
 
 Decoding never raises anything but ImageReadError for a bad file, so one unreadable photo
 costs one line in a report and nothing more.
@@ -14,13 +15,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
+from .raw import RAW_EXTENSIONS, decode_raw, is_raw
 
 IMAGE_EXTENSIONS = frozenset(
     {
         ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
         ".tif", ".tiff", ".heic", ".heif", ".avif",
     }
-)  # fmt: skip
+) | RAW_EXTENSIONS  # fmt: skip
 
 ORIENTATION_TAG = 0x0112
 
@@ -69,6 +71,8 @@ def decode_image(
     """As load_image, also returning the file's full upright (width, height)."""
     register_heif()
     label = name or (str(source) if isinstance(source, Path) else "image")
+    if is_raw(source if isinstance(source, Path) else name):
+        return decode_raw(source, min_size=min_size, max_pixels=max_pixels, label=label)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(fp) as img:

@@ -45,6 +45,7 @@ class RecallReport:
     """Recall@k in both directions, exact and through the FAISS index, with the speeds seen.
 
     The recall dicts map k to the share of queries answered right, in [0, 1].
+    uncaptioned_images: images the dataset file lists with no caption, left out of the measure.
     """
 
     dataset: str
@@ -62,6 +63,7 @@ class RecallReport:
     search_ms_per_query: float = 0.0
     seconds: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
+    uncaptioned_images: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: recall dicts keyed by k as a string ("5"), and an `index` object."""
@@ -219,6 +221,7 @@ def _measure(
         index_image_to_text=recall_from_ranks(index_i2t, ks),
         factory=factory,
         search_ms_per_query=1000 * elapsed / max(len(owner), 1),
+        uncaptioned_images=dataset.uncaptioned,
     )
     return report, t2i, i2t
 

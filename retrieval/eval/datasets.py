@@ -1,5 +1,6 @@
 """Captioned image datasets for evaluating and training retrieval: Karpathy-split JSON (Flickr30k,
-COCO), CSV/TSV of (image, caption) rows, and the built-in synthetic set (see synthetic.py).
+COCO), COCO's own caption files, CSV/TSV of (image, caption) rows, and the built-in synthetic set
+(see synthetic.py).
 
 Every loader checks the whole file up front, so a bad dataset fails at once with one line naming
 the file (and the line or entry), never halfway through an evaluation.
@@ -8,6 +9,7 @@ the file (and the line or entry), never halfway through an evaluation.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .coco import CocoFormatError, default_images_dir, is_coco_captions, read_coco_captions
 from .errors import DatasetError, reason
 from .synthetic import synthetic_split
 
@@ -26,7 +29,7 @@ class CaptionedDataset:
     """Images with their captions. images[i] (relative to root, POSIX) has captions[i].
 
     origins[i] says where images[i] was declared ("pairs.csv line 12", "dataset_coco.json image
-    40"), for messages.
+    40"), for messages. uncaptioned: images the file lists without any caption, left out.
     """
 
     name: str
@@ -34,6 +37,7 @@ class CaptionedDataset:
     images: tuple[str, ...]
     captions: tuple[tuple[str, ...], ...]
     origins: tuple[str, ...]
+    uncaptioned: int = 0
 
     def __post_init__(self) -> None:
         if not len(self.images) == len(self.captions) == len(self.origins):
@@ -66,10 +70,12 @@ def load_dataset(
     """Load one split of a captioned dataset.
 
     spec: "synthetic" or "synthetic:N" (N images per split, generated into cache_dir on first
-    use), a Karpathy-split .json file, or a .csv/.tsv file with image and caption columns.
-    images_dir: where a file's image paths start (default: for JSON, an `images` folder beside it
-    if there is one, else its folder; for CSV/TSV, its folder). cache_dir: synthetic only
-    (default $RETRIEVAL_CACHE, else ~/.cache/retrieval).
+    use), a Karpathy-split .json file, a COCO caption file (captions_val2017.json: one split,
+    so `split` does not apply), or a .csv/.tsv file with image and caption columns.
+    images_dir: where a file's image paths start (default: for Karpathy JSON, an `images` folder
+    beside it if there is one, else its folder; for COCO, a folder named after its split, as
+    val2017/, beside it or beside its annotations/ folder; for CSV/TSV, its folder).
+    cache_dir: synthetic only (default $RETRIEVAL_CACHE, else ~/.cache/retrieval).
     Raises DatasetError with a one-line message naming the file and line.
     """
     if spec == "synthetic" or spec.startswith("synthetic:"):
@@ -78,8 +84,8 @@ def load_dataset(
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv", ".tsv"):
         raise DatasetError(
-            f"unknown dataset {spec!r}: expected 'synthetic', 'synthetic:N', a Karpathy-split "
-            ".json file or a .csv/.tsv file of image and caption columns"
+            f"unknown dataset {spec!r}: expected 'synthetic', 'synthetic:N', a Karpathy-split or "
+            "COCO caption .json file, or a .csv/.tsv file of image and caption columns"
         )
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "file not found"
@@ -102,6 +108,8 @@ def _load_karpathy(path: Path, split: str, images_dir: Path | None) -> Captioned
         raise DatasetError(f"{label} line {e.lineno}: not valid JSON ({e.msg})") from e
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{label}: cannot read ({reason(e)})") from e
+    if is_coco_captions(data):
+        return _load_coco(path, data, images_dir)
     entries = data.get("images") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise DatasetError(f'{label}: no "images" list at the top level')
@@ -153,6 +161,18 @@ def _karpathy_entry(entry: object, origin: str) -> tuple[str, str, tuple[str, ..
     image = f"{filepath}/{filename}" if isinstance(filepath, str) and filepath else filename
     # COCO's "restval" images are the extra training images of Karpathy's split.
     return image, "train" if entry_split == "restval" else entry_split, tuple(texts)
+
+
+def _load_coco(path: Path, data: dict[str, Any], images_dir: Path | None) -> CaptionedDataset:
+    try:
+        coco = read_coco_captions(data, path.name)
+    except CocoFormatError as e:
+        raise DatasetError(str(e)) from e
+    base = Path(os.path.abspath(images_dir if images_dir is not None else default_images_dir(path)))
+    dataset = _assemble(path.name, base, coco.images, coco.captions, coco.origins)
+    dataset = dataclasses.replace(dataset, uncaptioned=coco.uncaptioned)
+    _check_images_exist(dataset, coco.images, coco.origins, where=f" in {base}")
+    return dataset
 
 
 # CSV / TSV -----------------------------------------------------------------------------------

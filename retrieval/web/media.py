@@ -17,6 +17,7 @@ from index.catalog import STATUS_OK, Catalog
 
 from ..errors import ImageReadError
 from ..images import load_image
+from ..raw import is_raw
 from .errors import NotServable
 
 THUMBNAIL_SIDE = 320
@@ -24,6 +25,10 @@ THUMBNAIL_SIDE = 320
 
 FULL_SIDE = 4096
 """Images a browser cannot show natively are re-encoded as JPEG at most this large."""
+
+RAW_VIEW_SIDE = 2048
+"""A RAW file is shown from its embedded preview when that is at least this large (most cameras
+embed a full-size one); a RAW with a smaller one, or none, is demosaiced for the viewer."""
 
 BROWSER_FORMATS = {
     ".jpg": "image/jpeg",
@@ -85,8 +90,9 @@ def browser_type(file: ServedFile) -> str | None:
 
 
 def as_jpeg(file: ServedFile) -> bytes:
-    """The upright image as JPEG, at most FULL_SIDE a side (for HEIC, TIFF and the like)."""
-    return _jpeg(load_image(file.path, min_size=FULL_SIDE), FULL_SIDE, quality=90)
+    """The upright image as JPEG, at most FULL_SIDE a side (for HEIC, TIFF, RAW and the like)."""
+    needed = RAW_VIEW_SIDE if is_raw(file.path) else FULL_SIDE
+    return _jpeg(load_image(file.path, min_size=needed), FULL_SIDE, quality=90)
 
 
 def _jpeg(image: Image.Image, side: int, *, quality: int) -> bytes:
