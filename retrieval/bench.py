@@ -24,7 +24,7 @@ from index.collection import Collection
 from index.manifest import ModelIdentity
 
 from .datasets import CaptionedDataset, DatasetError
-from .indexer import IndexProgress, index_folder
+from .indexer import index_folder
 from .models import DEFAULT_MODEL, Encoder, load_encoder
 from .recall import (
     image_to_text_ranks,
@@ -32,6 +32,7 @@ from .recall import (
     recall_from_ranks,
     text_to_image_ranks,
 )
+from .reports import IndexProgress
 from .texts import add_texts
 
 DEFAULT_KS = (1, 5, 10)

@@ -11,8 +11,9 @@ from typing import Any
 
 from .bench import RecallReport, run_benchmark
 from .datasets import load_dataset
-from .indexer import IndexReport, index_folder
+from .indexer import index_folder
 from .models import load_encoder, model_identity
+from .reports import IndexReport
 from .search import Hit, Searcher, TextHit, parse_query
 from .texts import add_texts
 from .training import TrainConfig, TrainProgress, TrainReport, train
