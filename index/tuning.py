@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ._faiss import faiss
 from . import ann
+from ._faiss import faiss
 from .ann import rerank, search_parameters
 from .exact import top_k
 from .inspect import depth_parameter, is_compressed, ivf
