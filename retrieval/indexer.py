@@ -126,13 +126,11 @@ def index_folder(
                 raise
 
 
-def _check_options(
-    root: Path, batch_size: int | None, embedding_dtype: str | None, decode: str
-) -> None:
+def _check_options(root: Path, batch: int | None, embedding_dtype: str | None, decode: str) -> None:
     if not root.is_dir():
         raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
-    if batch_size is not None and batch_size < 1:
-        raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
+    if batch is not None and batch < 1:
+        raise RetrievalError(f"--batch-size must be at least 1, not {batch}")
     if embedding_dtype not in (None, "float16", "float32"):
         raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
     if decode not in DECODERS:
@@ -181,10 +179,14 @@ def jpeg_decoder(decode: str, encoder: Encoder) -> JpegDecoder | None:
             f"{resize_mode}); use --decode cpu"
         )
 
-    def decode_on_cpu(data: bytes, name: str) -> np.ndarray:  # what the device refuses
+    return JpegDecoder(device, encoder.image_size, resize_mode, _cpu_fallback(encoder))
+
+
+def _cpu_fallback(encoder: Encoder) -> Callable[[bytes, str], np.ndarray]:
+    def decode_on_cpu(data: bytes, name: str) -> np.ndarray:
         return encoder.prepare(load_image(data, min_size=encoder.min_side, name=name))
 
-    return JpegDecoder(device, encoder.image_size, resize_mode, decode_on_cpu)
+    return decode_on_cpu
 
 
 class _IndexRun:
@@ -334,7 +336,7 @@ class _IndexRun:
         return (torch.stack(images) if images else None), kept, failed
 
     def _count_new(self, item: Item) -> None:
-        """Account for a newly embedded file, just committed as item."""
+        """Account for a file just committed as item with an embedding (new or reused)."""
         old = self.by_path.get(item.path)
         if old is not None and old.status == STATUS_OK:
             self.report.updated += 1
@@ -366,12 +368,8 @@ class _IndexRun:
             file.path, file.size, file.mtime_ns, result.hash, source.width, source.height,
             source.row,
         )  # fmt: skip
-        if old is not None and old.status == STATUS_OK:
-            self.report.updated += 1
-        else:
-            self.report.added += 1
-        self._remember(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
-                            source.width, source.height, STATUS_OK, None, source.row))  # fmt: skip
+        self._count_new(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
+                             source.width, source.height, STATUS_OK, None, source.row))  # fmt: skip
 
     def _remember(self, item: Item) -> None:
         self.by_path[item.path] = item
