@@ -114,7 +114,8 @@ def index_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Index a folder of photos: only new and changed files are encoded."""
-    from retrieval.indexer import IndexProgress, index_folder
+    from retrieval.indexer import index_folder
+    from retrieval.reports import IndexProgress
 
     with user_errors(), _progress_bar() as bar:
         task = bar.add_task("reading", total=None)

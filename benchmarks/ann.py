@@ -18,7 +18,7 @@ it measures the build time (training and adding, through `index.ann.build`), the
 size and `index.ann.index_bytes`'s estimate of it (an index is loaded whole, so this is the
 memory a search holds), queries per second one query at a time and in one batch of 1,024, and
 recall@1 and recall@10 against exact search. The search depth of IVF and HNSW (nprobe,
-efSearch) is tuned by `index.ann.tune` to a recall@10 of 0.95 on the base's own vectors and
+efSearch) is tuned by `index.tuning.tune` to a recall@10 of 0.95 on the base's own vectors and
 passed per call. For compressed codes (IVF-PQ) tuning also picks how many candidates per result
 are re-ranked exactly from the base vectors, as the engine re-ranks from the stored embeddings;
 the "codes" column is the recall the codes alone reach at that depth. OpenMP waits passively
@@ -48,6 +48,8 @@ import faiss
 import numpy as np
 
 from index import ann
+from index.inspect import depth_parameter
+from index.tuning import tune
 
 K = 10
 NAMES = ("flat", "ivf-flat", "ivf-pq", "hnsw", "auto")
@@ -173,10 +175,10 @@ def bench_one(
     tuning = None
     params = None
     tune_s = 0.0
-    if ann.depth_parameter(index) is not None:
+    if depth_parameter(index) is not None:
         log(f"{LABELS[name]}: built in {build_s:.1f} s; tuning")
         started = time.perf_counter()
-        tuning = ann.tune(index, base, ids, target_recall=args.target)
+        tuning = tune(index, base, ids, target_recall=args.target)
         tune_s = time.perf_counter() - started
         params = ann.search_parameters(index, tuning.search_params(), None)
     log(f"{LABELS[name]}: measuring")

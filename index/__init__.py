@@ -4,11 +4,12 @@ Knows nothing of torch, PIL or models: numpy, faiss and sqlite3 only.
 """
 
 from .catalog import Catalog, Item
-from .collection import Collection, CollectionStats, default_dir, find_collection
+from .collection import Collection, CollectionStats, default_dir, find_collection, resolve_dir
 from .errors import (
     CollectionError,
     CollectionLocked,
     CollectionNotFound,
+    CollectionTooNew,
     CorruptCollection,
     ModelMismatch,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "CollectionLocked",
     "CollectionNotFound",
     "CollectionStats",
+    "CollectionTooNew",
     "CorruptCollection",
     "Item",
     "Manifest",
@@ -28,4 +30,5 @@ __all__ = [
     "ModelMismatch",
     "default_dir",
     "find_collection",
+    "resolve_dir",
 ]

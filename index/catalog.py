@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptCollection
+from .errors import CollectionTooNew, CorruptCollection
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -90,7 +90,7 @@ class Catalog:
                     Catalog(self.path).close()
                     self._db = _connect_readonly(uri)
                 elif schema > len(MIGRATIONS):
-                    raise CorruptCollection(
+                    raise CollectionTooNew(
                         f"{self.path} was written by a newer version of retrieval (schema "
                         f"{schema}); upgrade retrieval to use it"
                     )
@@ -108,7 +108,7 @@ class Catalog:
     def _migrate(self) -> None:
         current = self._db.execute("PRAGMA user_version").fetchone()[0]
         if current > len(MIGRATIONS):
-            raise CorruptCollection(
+            raise CollectionTooNew(
                 f"{self.path} was written by a newer version of retrieval (schema {current}); "
                 "upgrade retrieval to use it"
             )

@@ -1,53 +1,35 @@
-"""A collection: one directory holding the manifest, catalog, embeddings and FAISS index."""
+"""A collection: one directory holding the manifest, catalog, embeddings and FAISS indexes.
+
+`Collection` owns the directory, its write lock, the manifest and the catalog, and speaks in
+intents (append images or texts, record the encoder); `indexes.CollectionIndexes` keeps and
+searches its FAISS indexes."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from .catalog import IMAGE, TEXT, Catalog
+from .catalog import IMAGE, STATUS_OK, TEXT, Catalog, Item
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
+from .indexes import CollectionIndexes
+from .layout import CATALOG, COLLECTION_DIRNAME, LOCK, MANIFEST, SPACES
 from .manifest import Manifest, ModelIdentity
 from .vectors import EmbeddingStore, StoredVectors
 
-if TYPE_CHECKING:  # faiss costs a fifth of a second to import; small exact searches skip it
+if TYPE_CHECKING:
     import faiss
 
-    from .ann import Tuning
+    from .tuning import Tuning
 
-NUMPY_EXACT_LIMIT = 50_000
-"""Exact searches over at most this many vectors run in numpy, without loading FAISS."""
-
-COLLECTION_DIRNAME = ".retrieval"
-MANIFEST = "manifest.json"
-CATALOG = "catalog.sqlite"
-EMBEDDINGS = "embeddings.bin"
-FAISS_INDEX = "index.faiss"
-TEXT_EMBEDDINGS = "text_embeddings.bin"
-TEXT_FAISS_INDEX = "texts.faiss"
-LOCK = "lock"
-
-
-@dataclass(frozen=True)
-class _Space:
-    """Where one kind of item (images or texts) keeps its vectors."""
-
-    embeddings: str
-    faiss_index: str
-    manifest_version: str
-
-
-_SPACES = {
-    IMAGE: _Space(EMBEDDINGS, FAISS_INDEX, "index_version"),
-    TEXT: _Space(TEXT_EMBEDDINGS, TEXT_FAISS_INDEX, "text_index_version"),
-}
+T = TypeVar("T")
 
 
 def default_dir(root: Path) -> Path:
@@ -68,6 +50,12 @@ def find_collection(start: Path | None = None) -> Path:
     )
 
 
+def resolve_dir(collection_dir: Path | str | None) -> Path:
+    """The collection a command names (`--index DIR`, `~` expanded), or the nearest one at or
+    above the current directory when it names none."""
+    return Path(collection_dir).expanduser() if collection_dir else find_collection()
+
+
 @dataclass(frozen=True)
 class CollectionStats:
     images: int
@@ -76,30 +64,49 @@ class CollectionStats:
     bytes_on_disk: int
 
 
+@dataclass(frozen=True)
+class NewImage:
+    """An image file to append to the catalog with its embedding. hash: of its content."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+
+
 class Collection:
     """An open collection.
 
-    Reading never needs the lock; writing (an index run) takes it with `locked()`.
+    Reading never needs the lock and never writes; writing (an index run) takes it with
+    `locked()`. A reader sees the manifest as it is on disk: it is read again when the file
+    changes (a writer saved it), found by a stat, not by reading it for every search.
     """
 
     def __init__(self, directory: Path, manifest: Manifest, catalog: Catalog) -> None:
         self.dir = Path(directory)
-        self.manifest = manifest
         self.catalog = catalog
+        self._manifest = manifest
+        self._manifest_seen = self.manifest_signature()
         dim, dtype = manifest.dim, manifest.embedding_dtype
         self.stores = {
             kind: EmbeddingStore(self.dir / space.embeddings, dim, dtype)
-            for kind, space in _SPACES.items()
+            for kind, space in SPACES.items()
         }
         self.store = self.stores[IMAGE]
         self.text_store = self.stores[TEXT]
         self._lock_fd: int | None = None
-        self._exact_cache: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-        self._index_cache: dict[str, tuple[tuple, faiss.Index]] = {}
+        self.indexes = CollectionIndexes(self)
         self.search_device = "auto"
         """Where FAISS searches run: auto (a GPU when faiss sees one), cpu, cuda or cuda:N."""
 
     # -- opening ---------------------------------------------------------------------------
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        """Whether directory holds a collection (a directory without a manifest is none yet)."""
+        return (Path(directory) / MANIFEST).is_file()
 
     @classmethod
     def create(
@@ -131,7 +138,7 @@ class Collection:
     @classmethod
     def open(cls, directory: Path, *, readonly: bool = False) -> Collection:
         directory = Path(directory).resolve()
-        if not (directory / MANIFEST).is_file():
+        if not cls.exists(directory):
             raise CollectionNotFound(
                 f"{directory} is not a collection (no {MANIFEST}); "
                 "create one with `retrieval index PHOTO_FOLDER --index DIR`"
@@ -139,6 +146,34 @@ class Collection:
         manifest = Manifest.read(directory / MANIFEST)
         catalog = Catalog(directory / CATALOG, readonly=readonly)
         return cls(directory, manifest, catalog)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        directory: Path,
+        *,
+        root: Path,
+        model: ModelIdentity | None = None,
+        dim: int | None = None,
+        preprocess: dict | None = None,
+        embedding_dtype: str = "float16",
+    ) -> Collection:
+        """Open the collection in directory for writing, refusing another `model` (None: any);
+        or create one there indexing root, built with model, whose embeddings have dim values
+        (both then needed; dim and preprocess matter only for a new collection)."""
+        if cls.exists(directory):
+            collection = cls.open(directory)
+            if model is not None:
+                try:
+                    collection.check_model(model)
+                except ModelMismatch:
+                    collection.close()
+                    raise
+            return collection
+        if model is None or dim is None:
+            raise ValueError("a new collection needs its model and its embeddings' dimension")
+        return cls.create(directory, root=root, model=model, dim=dim, preprocess=preprocess,
+                          embedding_dtype=embedding_dtype)  # fmt: skip
 
     def close(self) -> None:
         self.catalog.close()
@@ -166,12 +201,56 @@ class Collection:
                 f"use {option}, or another --index for the other model"
             )
 
+    # -- the manifest ------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest: the writer's own; a reader's as last saved (read again if it changed)."""
+        if self._lock_fd is None:
+            self._refresh_manifest()
+        return self._manifest
+
+    def manifest_signature(self) -> Hashable:
+        """What tells one saved manifest from the next without reading it: a new file replaces
+        the old on every write."""
+        try:
+            info = (self.dir / MANIFEST).stat()
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+    def _refresh_manifest(self) -> None:
+        seen = self.manifest_signature()
+        if seen != self._manifest_seen:
+            self._manifest = Manifest.read(self.dir / MANIFEST)
+            self._manifest_seen = seen
+
+    def save_manifest(self) -> None:
+        """Write the manifest as it is in memory (the writer only)."""
+        self._require_lock("saving the manifest")
+        self._manifest.write(self.dir / MANIFEST)
+        self._manifest_seen = self.manifest_signature()
+
+    def record_encoder(self, weights_hash: str | None, *, backend: str, precision: str) -> None:
+        """Remember what encodes this collection: the weights' hash (the key of cached ONNX
+        exports), the backend and the precision."""
+        manifest = self.manifest
+        manifest.weights_hash = weights_hash
+        manifest.backend, manifest.precision = backend, precision
+        self.save_manifest()
+
     # -- the write lock ----------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """Whether this process holds the write lock."""
+        return self._lock_fd is not None
 
     def lock(self) -> None:
         """Take the single-writer lock, or raise CollectionLocked at once.
 
         The OS drops a flock when its process dies, so a killed indexer never leaves it behind.
+        The manifest is read again if a writer saved it since this collection was opened.
         """
         if self._lock_fd is not None:
             return
@@ -187,6 +266,7 @@ class Collection:
             ) from e
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._refresh_manifest()
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -202,7 +282,47 @@ class Collection:
         finally:
             self.unlock()
 
-    # -- vectors and the FAISS index -----------------------------------------------------------
+    def _require_lock(self, doing: str) -> None:
+        if self._lock_fd is None:
+            raise CollectionError(f"{doing} needs the collection's lock")
+
+    # -- adding vectors ----------------------------------------------------------------------
+
+    def append_images(self, vectors: np.ndarray, images: Sequence[NewImage]) -> list[Item]:
+        """Store the embeddings float32 (n, d) of n image files and commit the files' catalog
+        rows (replacing any at the same paths), in one transaction; returns the new items.
+
+        Inside a `catalog.transaction()` it commits with that transaction.
+        """
+
+        def put(first: int) -> list[Item]:
+            items = []
+            for row, image in enumerate(images, first):
+                item_id = self.catalog.put_ok(image.path, image.size, image.mtime_ns, image.hash,
+                                              image.width, image.height, row)  # fmt: skip
+                items.append(Item(item_id, image.path, image.size, image.mtime_ns, image.hash,
+                                  image.width, image.height, STATUS_OK, None, row))  # fmt: skip
+            return items
+
+        return self._append(IMAGE, vectors, len(images), put)
+
+    def append_texts(self, vectors: np.ndarray, texts: Sequence[str]) -> list[int]:
+        """Store the embeddings float32 (n, d) of n new texts and commit the texts, in one
+        transaction; returns their ids."""
+        return self._append(TEXT, vectors, len(texts), partial(self.catalog.put_texts, texts))
+
+    def _append(self, kind: str, vectors: np.ndarray, n: int, put: Callable[[int], T]) -> T:
+        """Claim n rows, write the vectors there (durably), then commit the catalog rows that
+        point at them: a crash leaves at most unreferenced rows, which later writes reuse."""
+        self._require_lock("adding vectors")
+        if len(vectors) != n:
+            raise ValueError(f"{len(vectors)} vectors for {n} items")
+        with self.catalog.transaction():
+            first = self.catalog.reserve_rows(n, kind)
+            self.stores[kind].write(first, vectors)
+            return put(first)
+
+    # -- reading vectors, searching and keeping the indexes current ---------------------------
 
     def vectors(self, kind: str = IMAGE) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids int64 (n,), vectors float32 (n, d), version) of one committed state of the
@@ -220,47 +340,6 @@ class Collection:
             ids, rows = self.catalog.vector_rows(kind)
         return np.asarray(ids, dtype=np.int64), self.stores[kind].view(rows), version
 
-    def faiss_index(self, kind: str = IMAGE) -> faiss.Index:
-        """The FAISS index of the committed images (or texts).
-
-        The saved index when it is current; otherwise the saved one brought up to date in place
-        (catalog ids are never reused, so the id sets' difference is the change), or rebuilt when
-        it cannot be updated or the automatic choice has moved on. Saved when holding the lock.
-        Kept in memory until the catalog, the manifest or the saved file changes, so that a
-        long-lived process (the web app) does not load it for every search.
-        """
-        space = _SPACES[kind]
-        path = self.dir / space.faiss_index
-        saved = Manifest.read(self.dir / MANIFEST)
-        key = (
-            self.catalog.version_of(kind),
-            getattr(saved, space.manifest_version),
-            saved.factory,
-            path.stat().st_mtime_ns if path.is_file() else None,
-        )
-        cached = self._index_cache.get(kind)
-        if cached is None or cached[0] != key:
-            cached = (key, self._current_index(kind, path, saved))
-            self._index_cache[kind] = cached
-        return cached[1]
-
-    def _current_index(self, kind: str, path: Path, saved: Manifest) -> faiss.Index:
-        from . import vector_index
-
-        space = _SPACES[kind]
-        if (
-            getattr(saved, space.manifest_version) == self.catalog.version_of(kind)
-            and path.is_file()
-        ):
-            return vector_index.load(path)
-        ids, vectors, version = self.stored(kind)
-        index = self._updated(kind, path, ids, vectors)
-        if index is None:
-            index = self._rebuilt(kind, ids, vectors)
-        if self._lock_fd is not None:
-            self._save(kind, index, version)
-        return index
-
     def search(
         self,
         queries: np.ndarray,
@@ -270,171 +349,13 @@ class Collection:
         allowed_ids: np.ndarray | None = None,
         device: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best (scores float32 (q, k), ids int64 (q, k)) for queries float32 (q, d).
+        """The k best (scores float32 (q, k), ids int64 (q, k)) for queries float32 (q, d);
+        allowed_ids (int64) restricts them to those ids. See CollectionIndexes.search."""
+        return self.indexes.search(queries, k, kind=kind, allowed_ids=allowed_ids, device=device)
 
-        allowed_ids restricts the results to those ids. When they are few and the index is
-        approximate, they are scored exactly instead: an IVF index probes only some lists, and
-        a narrow filter would leave most of them empty. A compressed index's candidates are
-        re-ranked exactly from the stored embeddings. device (default: self.search_device)
-        says where FAISS searches: a GPU when faiss sees one, unless "cpu".
-        """
-        allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
-        exact = kind == TEXT or self._current_manifest().factory == "Flat"
-        if exact and self.catalog.count_vectors(kind) <= NUMPY_EXACT_LIMIT:
-            return self._exact(queries, k, kind, allowed)
-        from . import ann, vector_index
-
-        params = dict(self.manifest.search_params) if kind == IMAGE else {}
-        refine = params.pop("refine", 0)
-        depth = k * refine if refine else k
-        index = self._search_index(kind, depth, params, allowed, device)
-        few = allowed is not None and len(allowed) <= NUMPY_EXACT_LIMIT
-        if few and ann.depth_parameter(index) is not None:
-            return self._exact(queries, k, kind, allowed)
-        scores, found = vector_index.search(index, queries, depth, allowed, params)
-        if refine:
-            return ann.rerank(queries, found, lambda ids: self._vectors_of(ids, kind), k)
-        return scores, found
-
-    def _search_index(
-        self,
-        kind: str,
-        depth: int,
-        params: dict[str, int],
-        allowed: np.ndarray | None,
-        device: str | None,
-    ) -> faiss.Index:
-        """The FAISS index to search: its GPU copy (made once per index version) when there is
-        a GPU and the search can run there, else the index itself."""
-        from . import vector_index
-
-        gpu = vector_index.gpu_device(device or self.search_device)
-        if gpu is None or (kind == IMAGE and "HNSW" in self.manifest.factory):  # no GPU HNSW
-            return self.faiss_index(kind)
-        path = self.dir / _SPACES[kind].faiss_index
-        # A reindex rewrites the index without changing the catalog's version; its file's time
-        # and the factory tell the copies apart.
-        saved = path.stat().st_mtime_ns if path.is_file() else None
-        version = (self.catalog.version_of(kind), self.manifest.factory, saved, gpu)
-        loaded: list[faiss.Index] = []
-
-        def load() -> faiss.Index:
-            loaded.append(self.faiss_index(kind))
-            return loaded[0]
-
-        key = (str(self.dir), kind)
-        copy = vector_index.GPU_COPIES.get(key, version, gpu, load)
-        if copy is not None and vector_index.runs_on_gpu(copy, depth, params, allowed is not None):
-            return copy
-        return loaded[0] if loaded else self.faiss_index(kind)
-
-    def _vectors_of(self, ids: np.ndarray, kind: str) -> np.ndarray:
-        """The stored vectors float32 (n, d) of these ids; NaN rows for ids no longer stored."""
-        rows = self.catalog.rows_of(ids, kind)
-        vectors = np.full((len(ids), self.manifest.dim), np.nan, dtype=np.float32)
-        known = rows >= 0
-        vectors[known] = self.stores[kind].read(rows[known])
-        return vectors
-
-    def _current_manifest(self) -> Manifest:
-        if self._lock_fd is None:
-            self.manifest = Manifest.read(self.dir / MANIFEST)
-        return self.manifest
-
-    def _exact(
-        self, queries: np.ndarray, k: int, kind: str, allowed: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner-product search in numpy over the stored vectors (or the allowed ones)."""
-        ids_array, vectors = self._exact_vectors(kind)
-        if allowed is not None:
-            keep = np.isin(ids_array, allowed)
-            ids_array, vectors = ids_array[keep], vectors[keep]
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        k = max(1, k)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        found = np.full((len(queries), k), -1, dtype=np.int64)
-        if len(ids_array) == 0:
-            return scores, found
-        all_scores = queries @ vectors.T
-        take = min(k, len(ids_array))
-        for q, row in enumerate(all_scores):
-            # Only scores at or above the take-th best can place (ties included); among equal
-            # scores the smaller id goes first, as FAISS's flat index orders them.
-            kth = np.partition(row, len(row) - take)[len(row) - take]
-            candidates = np.flatnonzero(row >= kth)
-            best = candidates[np.lexsort((ids_array[candidates], -row[candidates]))[:take]]
-            scores[q, :take], found[q, :take] = row[best], ids_array[best]
-        return scores, found
-
-    def _exact_vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 (n,), vectors float32 (n, d)) of the committed state, read once and kept
-        while the catalog's version stays, so that a long-lived process searches from memory."""
-        with self.catalog.snapshot():
-            version = self.catalog.version_of(kind)
-            cached = self._exact_cache.get(kind)
-            if cached is not None and cached[0] == version:
-                return cached[1], cached[2]
-            ids, rows = self.catalog.vector_rows(kind)
-        ids_array = np.asarray(ids, dtype=np.int64)
-        vectors = self.stores[kind].read(np.asarray(rows, dtype=np.int64))
-        self._exact_cache[kind] = (version, ids_array, vectors)
-        return ids_array, vectors
-
-    def _factory(self, kind: str, n: int) -> str:
-        from . import ann
-
-        if kind == TEXT:
-            return "Flat"
-        if self.manifest.auto_index:
-            return ann.choose_factory(n, self.manifest.dim, self.manifest.memory_budget).factory
-        return self.manifest.factory
-
-    def _updated(
-        self, kind: str, path: Path, ids: np.ndarray, vectors: StoredVectors
-    ) -> faiss.Index | None:
-        from . import ann, vector_index
-
-        built = "Flat" if kind == TEXT else self.manifest.factory
-        if not path.is_file() or self._factory(kind, len(ids)) != built:
-            return None
-        index = vector_index.load(path)
-        held = vector_index.index_ids(index)
-        gone = np.setdiff1d(held, ids)
-        if gone.size and not ann.supports_removal(index):
-            return None
-        if gone.size:
-            index.remove_ids(gone)
-        new = np.flatnonzero(~np.isin(ids, held))
-        for start in range(0, len(new), ann.CHUNK):
-            chunk = new[start : start + ann.CHUNK]
-            index.add_with_ids(vectors[chunk], ids[chunk])
-        return index
-
-    def _rebuilt(self, kind: str, ids: np.ndarray, vectors: StoredVectors) -> faiss.Index:
-        from . import ann
-
-        factory = self._factory(kind, len(ids))
-        try:
-            index = ann.build(factory, vectors, ids, dim=self.manifest.dim)
-        except (ValueError, RuntimeError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CollectionError(f"cannot build index {factory} in {self.dir}: {reason}") from e
-        if kind == IMAGE:
-            tuning = ann.tune(index, vectors, ids, target_recall=self.manifest.target_recall)
-            self.manifest.factory = factory
-            self.manifest.search_params = tuning.search_params()
-            self.manifest.tuning = asdict(tuning)
-            self.manifest.index_updates = "in place" if ann.supports_removal(index) else "rebuilt"
-        return index
-
-    def _save(self, kind: str, index: faiss.Index, version: int) -> None:
-        from . import vector_index
-
-        space = _SPACES[kind]
-        vector_index.save(index, self.dir / space.faiss_index)
-        # The manifest is written after the index: a crash in between leaves it stale, never wrong.
-        setattr(self.manifest, space.manifest_version, version)
-        self.manifest.write(self.dir / MANIFEST)
+    def faiss_index(self, kind: str = IMAGE) -> faiss.Index:
+        """The FAISS index of the committed images (or texts), current (see CollectionIndexes)."""
+        return self.indexes.faiss_index(kind)
 
     def reindex(
         self,
@@ -449,26 +370,15 @@ class Collection:
         (and keep choosing as the collection grows). The search depth is tuned to the smallest
         value reaching target_recall (default: the collection's, 0.95) against exact search.
         """
-        if self._lock_fd is None:
-            raise CollectionError("reindex() needs the collection's lock")
-        self.manifest.auto_index = factory is None
-        self.manifest.memory_budget = memory_budget
-        if target_recall is not None:
-            self.manifest.target_recall = target_recall
-        if factory is not None:
-            self.manifest.factory = factory
-        ids, vectors, version = self.stored(IMAGE)
-        index = self._rebuilt(IMAGE, ids, vectors)
-        self._save(IMAGE, index, version)
-        from .ann import Tuning
-
-        return Tuning(**self.manifest.tuning)
+        self._require_lock("reindex()")
+        return self.indexes.reindex(
+            factory, memory_budget=memory_budget, target_recall=target_recall
+        )
 
     def sync_index(self, kind: str = IMAGE) -> None:
         """Bring the saved FAISS index up to the catalog (the writer calls this)."""
-        if self._lock_fd is None:
-            raise CollectionError("sync_index() needs the collection's lock")
-        self.faiss_index(kind)
+        self._require_lock("sync_index()")
+        self.indexes.faiss_index(kind)
 
     def stats(self) -> CollectionStats:
         size = sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())

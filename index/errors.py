@@ -19,3 +19,7 @@ class ModelMismatch(CollectionError):
 
 class CorruptCollection(CollectionError):
     """A file of the collection cannot be read or has an unexpected shape."""
+
+
+class CollectionTooNew(CollectionError):
+    """A file of the collection was written by a newer version of retrieval than this one."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic
-from .errors import CorruptCollection
+from .errors import CollectionTooNew, CorruptCollection
 
 MANIFEST_VERSION = 1
 
@@ -51,31 +51,38 @@ class Manifest:
     tuning: dict[str, Any] = field(default_factory=dict)
     """What tuning measured: recall@k against exact search, queries, ms per query."""
     index_updates: str = "in place"
+    """How the image index follows changes: 'in place' (add and remove) or 'rebuilt'."""
     weights_hash: str | None = None
     """SHA-256 of the model's weights, computed once: the key of cached ONNX exports."""
     backend: str = "torch"
     """What encoded the stored embeddings: torch or onnx."""
     precision: str = "fp32"
     """...and at which precision (fp32, bf16, int8)."""
-    """How the image index follows changes: 'in place' (add and remove) or 'rebuilt'."""
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
+    def from_json(cls, text: str, source: str = "the manifest") -> Manifest:
+        """Parse a manifest; CollectionTooNew when a newer version of retrieval wrote it."""
         data = json.loads(text)
+        version = data.get("version", MANIFEST_VERSION)
+        if isinstance(version, int) and version > MANIFEST_VERSION:
+            raise CollectionTooNew(
+                f"{source} was made by a newer version of retrieval (manifest version {version}; "
+                f"this one reads up to {MANIFEST_VERSION}); upgrade retrieval to use it"
+            )
         data["model"] = ModelIdentity(**data["model"])
         return cls(**data)
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
         try:
-            return cls.from_json(path.read_text(encoding="utf-8"))
+            return cls.from_json(path.read_text(encoding="utf-8"), str(path))
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise CorruptCollection(
                 f"{path} is not a readable manifest ({e}); re-create the collection"
             ) from e

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ann
+from . import ann, inspect
 from ._faiss import faiss
 from .atomic import write_with_atomic
 from .errors import CorruptCollection
@@ -48,7 +48,7 @@ def search(
 
 def index_ids(index: faiss.Index) -> np.ndarray:
     """The ids an index holds: int64 (ntotal,)."""
-    return ann.held_ids(index)
+    return inspect.held_ids(index)
 
 
 def save(index: faiss.Index, path: Path) -> None:
@@ -91,7 +91,7 @@ def gpu_device(requested: str = "auto") -> int | None:
 def runs_on_gpu(index: faiss.Index, k: int, params: dict[str, int] | None, filtered: bool) -> bool:
     """Whether faiss's GPU indexes can run this search as asked: flat and IVF indexes, no id
     filter, k and nprobe within the GPU's selection limit."""
-    core = ann._core(index)
+    core = inspect.core(index)
     kind_ok = isinstance(core, faiss.IndexFlat | faiss.IndexIVFFlat | faiss.IndexIVFPQ)
     nprobe = (params or {}).get("nprobe", 0)
     return kind_ok and not filtered and k <= GPU_MAX_K and nprobe <= GPU_MAX_K

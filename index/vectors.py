@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import CorruptCollection
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def as_float32(vectors: Any, dim: int) -> np.ndarray:
+    """Vectors (an array, or rows read from a StoredVectors view) as contiguous float32 (n, dim)."""
+    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
 
 
 class EmbeddingStore:

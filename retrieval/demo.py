@@ -13,7 +13,8 @@ from .encoders.identity import model_identity
 from .encoders.torch_encoder import architecture
 from .eval.bench import RecallReport, run_benchmark
 from .eval.datasets import load_dataset
-from .indexer import IndexReport, index_folder
+from .indexer import index_folder
+from .reports import IndexReport
 from .search import Hit, Searcher, TextHit, parse_query
 from .texts import add_texts
 from .training import TrainConfig, TrainProgress, TrainReport, train

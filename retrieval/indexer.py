@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.ann import Tuning
 from index.catalog import STATUS_OK, Item
-from index.collection import Collection, default_dir, find_collection
-from index.errors import CollectionError
+from index.collection import Collection, NewImage, default_dir, resolve_dir
 from index.manifest import ModelIdentity
+from index.tuning import Tuning
 
+from .collection_model import check_encoder, encoder_for
 from .encoders import load_encoder
 from .encoders.identity import DEFAULT_MODEL
 from .encoders.torch_encoder import Encoder
@@ -28,51 +28,8 @@ from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
 from .pipeline import Decoded, decode_files
+from .reports import IndexProgress, IndexReport, ProgressCallback, SkippedFile
 from .scan import FileInfo, ScanProblem, scan, stat_files
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file that is not searchable, and why. new: it failed in this run for the first time."""
-
-    path: str
-    error: str
-    new: bool = True
-
-
-@dataclass(frozen=True)
-class IndexProgress:
-    """Reported while indexing. phase: 'scan' (done files found), 'encode' (done of total
-    files read), or 'skip' (one more skipped file, in `skipped`)."""
-
-    phase: str
-    done: int
-    total: int
-    skipped: SkippedFile | None = None
-
-
-ProgressCallback = Callable[[IndexProgress], None]
-
-
-@dataclass
-class IndexReport:
-    """What an index run did. Counts are of files; `encoded` counts model forward passes."""
-
-    root: Path
-    collection: Path
-    added: int = 0
-    updated: int = 0
-    renamed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    encoded: int = 0
-    skipped: list[SkippedFile] = field(default_factory=list)
-    seconds: float = 0.0
-    encode_seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
 
 def reindex(
@@ -89,8 +46,7 @@ def reindex(
     """
     if target_recall is not None and not 0 < target_recall <= 1:
         raise RetrievalError(f"--target-recall must be in (0, 1], not {target_recall}")
-    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
-    with Collection.open(directory) as collection, collection.locked():
+    with Collection.open(resolve_dir(collection_dir)) as collection, collection.locked():
         return collection.reindex(factory, memory_budget=memory_budget, target_recall=target_recall)
 
 
@@ -132,74 +88,70 @@ def index_folder(
     encoding, so re-indexing an unchanged folder costs one stat per file.
     """
     root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
-    if batch_size is not None and batch_size < 1:
-        raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
-    if embedding_dtype not in (None, "float16", "float32"):
-        raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
-    if decode not in DECODERS:
-        raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+    _check_options(root, batch_size, embedding_dtype, decode)
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
-    if (directory / "manifest.json").is_file():
-        collection = Collection.open(directory)
-        if model is not None:
-            collection.check_model(model)
-        stored = collection.manifest.embedding_dtype
-        if embedding_dtype is not None and embedding_dtype != stored:
-            collection.close()
-            raise RetrievalError(
-                f"the collection in {directory} stores {stored} embeddings, not "
-                f"{embedding_dtype}; name another --index for a {embedding_dtype} collection"
-            )
-        if collection.root != root:
-            collection.close()
-            raise RetrievalError(
-                f"the collection in {directory} indexes {collection.root}, not {root}; "
-                "name another --index for this folder"
-            )
-    else:
-        identity = model or DEFAULT_MODEL
-        if encoder is None:
-            encoder = load_encoder(identity, device=device, precision=precision, backend=backend)
-        collection = Collection.create(
-            directory,
-            root=root,
-            model=identity,
-            dim=encoder.dim,
-            preprocess=encoder.preprocess_cfg,
-            embedding_dtype=embedding_dtype or "float16",
+    created = None  # the encoder of a new collection, which the collection records
+    if not Collection.exists(directory):
+        created = encoder = encoder or load_encoder(
+            model or DEFAULT_MODEL, device=device, precision=precision, backend=backend
         )
-        _remember_encoder(collection, encoder)
+    collection = Collection.open_or_create(
+        directory,
+        root=root,
+        model=model if created is None else model or DEFAULT_MODEL,
+        dim=None if created is None else created.dim,
+        preprocess=None if created is None else created.preprocess_cfg,
+        embedding_dtype=embedding_dtype or "float16",
+    )
 
     def get_encoder() -> Encoder:
         nonlocal encoder
         if encoder is None:
-            encoder = load_encoder(
-                collection.manifest.model,
-                device=device,
-                precision=precision,
-                backend=backend,
-                weights_hash=collection.manifest.weights_hash,
-            )
-            if collection.manifest.weights_hash is None and encoder.backend == "torch":
-                _remember_encoder(collection, encoder)
-        if encoder.dim != collection.manifest.dim:
-            raise CollectionError(
-                f"model {encoder.identity} gives {encoder.dim}-d embeddings but the collection in "
-                f"{directory} holds {collection.manifest.dim}-d ones"
-            )
+            encoder = encoder_for(collection, device=device, precision=precision, backend=backend)
+        check_encoder(collection, encoder)
         return encoder
 
-    with collection, collection.locked():
-        run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress, draft)
-        run.decode = decode
-        try:
-            return run.execute(exclude, paths)
-        except KeyboardInterrupt:
-            # Whatever was committed stays; make the saved index match it before leaving.
-            collection.sync_index()
-            raise
+    with collection:
+        _check_collection(collection, root, embedding_dtype)
+        with collection.locked():
+            if created is not None:
+                collection.record_encoder(
+                    created.weights_hash, backend=created.backend, precision=created.precision
+                )
+            run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress, draft)
+            run.decode = decode
+            try:
+                return run.execute(exclude, paths)
+            except KeyboardInterrupt:
+                # Whatever was committed stays; make the saved index match it before leaving.
+                collection.sync_index()
+                raise
+
+
+def _check_options(root: Path, batch: int | None, embedding_dtype: str | None, decode: str) -> None:
+    if not root.is_dir():
+        raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
+    if batch is not None and batch < 1:
+        raise RetrievalError(f"--batch-size must be at least 1, not {batch}")
+    if embedding_dtype not in (None, "float16", "float32"):
+        raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
+    if decode not in DECODERS:
+        raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+
+
+def _check_collection(collection: Collection, root: Path, embedding_dtype: str | None) -> None:
+    """Refuse to index another folder, or at another precision, into an existing collection."""
+    stored = collection.manifest.embedding_dtype
+    if embedding_dtype is not None and embedding_dtype != stored:
+        raise RetrievalError(
+            f"the collection in {collection.dir} stores {stored} embeddings, not "
+            f"{embedding_dtype}; name another --index for a {embedding_dtype} collection"
+        )
+    if collection.root != root:
+        raise RetrievalError(
+            f"the collection in {collection.dir} indexes {collection.root}, not {root}; "
+            "name another --index for this folder"
+        )
 
 
 DECODERS = ("auto", "cpu", "gpu")
@@ -228,6 +180,7 @@ def jpeg_decoder(decode: str, encoder: Encoder) -> JpegDecoder | None:
             f"--decode gpu does not support this model's preprocessing ({interpolation}, "
             f"{resize_mode}); use --decode cpu"
         )
+
     return JpegDecoder(device, encoder.image_size, resize_mode, _cpu_fallback(encoder))
 
 
@@ -236,14 +189,6 @@ def _cpu_fallback(encoder: Encoder) -> Callable[[bytes, str], np.ndarray]:
         return encoder.prepare(load_image(data, min_size=encoder.min_side, name=name))
 
     return decode_on_cpu
-
-
-def _remember_encoder(collection: Collection, encoder: Encoder) -> None:
-    """Record in the manifest what encodes this collection: weights hash, backend, precision."""
-    manifest = collection.manifest
-    manifest.weights_hash = encoder.weights_hash
-    manifest.backend, manifest.precision = encoder.backend, encoder.precision
-    manifest.write(collection.dir / "manifest.json")
 
 
 class _IndexRun:
@@ -358,10 +303,10 @@ class _IndexRun:
             self.report.encode_seconds += time.perf_counter() - started
         with self.catalog.transaction():
             if vectors is not None:
-                first = self.catalog.reserve_rows(len(batch))
-                self.collection.store.write(first, vectors)
-                for offset, result in enumerate(batch):
-                    self._put(result, first + offset)
+                files = [NewImage(r.file.path, r.file.size, r.file.mtime_ns, r.hash, r.width,
+                                  r.height) for r in batch]  # fmt: skip
+                for item in self.collection.append_images(vectors, files):
+                    self._count_new(item)
             for result in others:
                 if result.error is not None:
                     self._record_error(result)
@@ -392,18 +337,14 @@ class _IndexRun:
             kept.append(result)
         return (torch.stack(images) if images else None), kept, failed
 
-    def _put(self, result: Decoded, row: int) -> None:
-        file = result.file
-        old = self.by_path.get(file.path)
-        item_id = self.catalog.put_ok(
-            file.path, file.size, file.mtime_ns, result.hash, result.width, result.height, row
-        )
+    def _count_new(self, item: Item) -> None:
+        """Account for a file just committed as item with an embedding (new or reused)."""
+        old = self.by_path.get(item.path)
         if old is not None and old.status == STATUS_OK:
             self.report.updated += 1
         else:
             self.report.added += 1
-        self._remember(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
-                            result.width, result.height, STATUS_OK, None, row))  # fmt: skip
+        self._remember(item)
 
     def _reuse(self, result: Decoded) -> None:
         """A file whose content is already embedded: touched, renamed, or a copy."""
@@ -429,12 +370,8 @@ class _IndexRun:
             file.path, file.size, file.mtime_ns, result.hash, source.width, source.height,
             source.row,
         )  # fmt: skip
-        if old is not None and old.status == STATUS_OK:
-            self.report.updated += 1
-        else:
-            self.report.added += 1
-        self._remember(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
-                            source.width, source.height, STATUS_OK, None, source.row))  # fmt: skip
+        self._count_new(Item(item_id, file.path, file.size, file.mtime_ns, result.hash,
+                             source.width, source.height, STATUS_OK, None, source.row))  # fmt: skip
 
     def _remember(self, item: Item) -> None:
         self.by_path[item.path] = item

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index.collection import FAISS_INDEX, Collection, find_collection
+from index.collection import Collection, resolve_dir
+from index.layout import FAISS_INDEX
 from index.manifest import ModelIdentity
 
-from .indexer import SkippedFile
+from .reports import SkippedFile
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ class CollectionInfo:
 
 def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
     """Describe the collection in collection_dir, or the nearest one above the current folder."""
-    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
-    with Collection.open(directory, readonly=True) as collection:
+    with Collection.open(resolve_dir(collection_dir), readonly=True) as collection:
         stats = collection.stats()
         manifest = collection.manifest
         skipped = [

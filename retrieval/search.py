@@ -16,11 +16,11 @@ from typing import Literal
 import numpy as np
 
 from index.catalog import TEXT
-from index.collection import MANIFEST, Collection, find_collection
-from index.errors import CollectionLocked
-from index.manifest import Manifest, ModelIdentity
+from index.collection import Collection, resolve_dir
+from index.exact import top_k
+from index.manifest import ModelIdentity
 
-from .encoders import load_encoder
+from .collection_model import encoder_for
 from .encoders.torch_encoder import Encoder
 from .errors import ImageReadError, QueryError, UnknownItem
 from .images import IMAGE_EXTENSIONS, load_image
@@ -133,8 +133,7 @@ class Searcher:
     @classmethod
     def open(cls, collection_dir: Path | None = None, **kwargs: object) -> Searcher:
         """Open the collection in collection_dir, or the nearest one above the current folder."""
-        directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
-        return cls(Collection.open(directory, readonly=True), **kwargs)  # type: ignore[arg-type]
+        return cls(Collection.open(resolve_dir(collection_dir), readonly=True), **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.collection.close()
@@ -147,33 +146,15 @@ class Searcher:
 
     @property
     def encoder(self) -> Encoder:
+        """The collection's model, loaded on first use; the collection is only read."""
         if self._encoder is None:
-            manifest = self.collection.manifest
-            self._encoder = load_encoder(
-                manifest.model,
+            self._encoder = encoder_for(
+                self.collection,
                 device=self._device,
                 precision=self._precision,
                 backend=self._backend,
-                weights_hash=manifest.weights_hash,
             )
-            if manifest.weights_hash is None:
-                self._remember_weights_hash(self._encoder.weights_hash)
         return self._encoder
-
-    def _remember_weights_hash(self, weights_hash: str) -> None:
-        """Store the hash a collection made before it was recorded lacks, so that later queries
-        find their cached ONNX export without loading torch; only if no indexer is running."""
-        collection = self.collection
-        try:
-            collection.lock()
-        except CollectionLocked:
-            return
-        try:
-            collection.manifest = Manifest.read(collection.dir / MANIFEST)
-            collection.manifest.weights_hash = weights_hash
-            collection.manifest.write(collection.dir / MANIFEST)
-        finally:
-            collection.unlock()
 
     def embed(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """The query vector: float32 (d,), L2-normalised weighted sum of the terms."""
@@ -294,9 +275,8 @@ class Searcher:
                 )
             return self._describe_from_texts(query, k)
         names, vectors = vocabulary(self.encoder)
-        scores = vectors @ query
-        best = np.argsort(-scores, kind="stable")[:k]
-        return [TextHit(r + 1, float(scores[i]), names[i]) for r, i in enumerate(best)]
+        best, scores = top_k(vectors @ query, k)
+        return [TextHit(r + 1, float(scores[r]), names[i]) for r, i in enumerate(best)]
 
     def _describe_from_texts(self, query: np.ndarray, k: int) -> list[TextHit]:
         scores, ids = self.collection.search(query[None, :], k, kind=TEXT)

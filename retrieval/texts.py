@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.catalog import TEXT
-from index.collection import Collection, find_collection
+from index.collection import Collection, resolve_dir
 
-from .encoders import load_encoder
+from .collection_model import encoder_for
 from .encoders.torch_encoder import Encoder
 from .errors import RetrievalError
 
@@ -71,22 +71,15 @@ def add_texts(
     Each batch commits on its own, so an interrupted call keeps what it finished.
     progress(done, total) is called after each batch.
     """
-    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
     unique = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
-    with Collection.open(directory) as collection, collection.locked():
+    with Collection.open(resolve_dir(collection_dir)) as collection, collection.locked():
         known = collection.catalog.text_ids(unique)
         new = [t for t in unique if t not in known]
         if new and encoder is None:
-            manifest = collection.manifest
-            encoder = load_encoder(manifest.model, device=device, backend=backend,
-                                   weights_hash=manifest.weights_hash)  # fmt: skip
+            encoder = encoder_for(collection, device=device, backend=backend)
         for start in range(0, len(new), batch_size):
             batch = new[start : start + batch_size]
-            vectors = encoder.encode_texts(batch)  # type: ignore[union-attr]
-            with collection.catalog.transaction():
-                first = collection.catalog.reserve_rows(len(batch), TEXT)
-                collection.text_store.write(first, vectors)
-                collection.catalog.put_texts(batch, first)
+            collection.append_texts(encoder.encode_texts(batch), batch)  # type: ignore[union-attr]
             if progress:
                 progress(start + len(batch), len(new))
         collection.sync_index(TEXT)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.collection import EMBEDDINGS, Collection, default_dir
+from index.collection import Collection, default_dir
+from index.layout import EMBEDDINGS
 
 
 def naive_recall(images, texts, owner, ks):

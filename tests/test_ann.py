@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from test_cli import cli
 
-from index import ann, vector_index
-from index.collection import Collection
+from index import ann, exact, inspect, vector_index
+from index import tuning as index_tuning
+from index.collection import Collection, NewImage
 from index.errors import CollectionError
 from index.manifest import ModelIdentity
+from index.tuning import exact_neighbours, tune
 
 DIM = 16
 
@@ -39,7 +41,7 @@ def brute_force(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int)
 def make_collection(
     tmp_path: Path, n: int, seed: int = 0
 ) -> tuple[Collection, dict[int, np.ndarray]]:
-    """A collection of n stored vectors, written through the catalog as the indexer does."""
+    """A collection of n stored vectors, written as the indexer writes them."""
     collection = Collection.create(tmp_path / "c", root=tmp_path, model=ModelIdentity("m"),
                                    dim=DIM, embedding_dtype="float32")  # fmt: skip
     collection.lock()
@@ -47,14 +49,10 @@ def make_collection(
 
 
 def add(collection: Collection, vectors: np.ndarray, prefix: str) -> dict[int, np.ndarray]:
-    catalog = collection.catalog
-    with catalog.transaction():
-        first = catalog.reserve_rows(len(vectors))
-        collection.store.write(first, vectors)
-        ids = [
-            catalog.put_ok(f"{prefix}/{i}.jpg", 1, 1, f"{prefix}-{i}", 1, 1, first + i)
-            for i in range(len(vectors))
-        ]
+    files = [
+        NewImage(f"{prefix}/{i}.jpg", 1, 1, f"{prefix}-{i}", 1, 1) for i in range(len(vectors))
+    ]
+    ids = [item.id for item in collection.append_images(vectors, files)]
     return dict(zip(ids, vectors, strict=True))
 
 
@@ -65,7 +63,7 @@ def stored(collection: Collection) -> tuple[np.ndarray, np.ndarray]:
 
 def test_the_choice_follows_size_and_memory():
     assert ann.choose_factory(10_000, 512).factory == "Flat"
-    assert ann.choose_factory(ann.EXACT_LIMIT + 1, 512).factory.endswith(",Flat")
+    assert ann.choose_factory(exact.EXACT_LIMIT + 1, 512).factory.endswith(",Flat")
     assert ann.choose_factory(1_000_000, 512).factory == "IVF4096,Flat"
     plan = ann.choose_factory(10_000_000, 512, memory_budget=2 * 2**30)
     assert plan.factory.startswith("OPQ64,IVF") and plan.factory.endswith("PQ64np")
@@ -88,7 +86,7 @@ def test_tuning_picks_the_smallest_depth_that_reaches_the_target():
     vectors = clustered(6000)
     ids = np.arange(6000, dtype=np.int64) * 7 + 3
     index = ann.build("IVF64,Flat", vectors, ids, dim=DIM)
-    tuning = ann.tune(index, vectors, ids, target_recall=0.9, queries=200)
+    tuning = tune(index, vectors, ids, target_recall=0.9, queries=200)
     assert tuning.parameter == "nprobe"
 
     rows = np.random.default_rng(0).choice(6000, size=200, replace=False)
@@ -119,7 +117,7 @@ def test_an_ivf_index_follows_additions_and_deletions_in_place(tmp_path):
     collection, first = make_collection(tmp_path, 2000)
     collection.reindex("IVF16,Flat")
     index = vector_index.load(collection.dir / "index.faiss")
-    centroids = ann._ivf(index).quantizer.reconstruct_n(0, 16)
+    centroids = inspect.ivf(index).quantizer.reconstruct_n(0, 16)
 
     added = add(collection, clustered(300, seed=5), prefix="later")
     removed = list(first)[:100]
@@ -131,7 +129,7 @@ def test_an_ivf_index_follows_additions_and_deletions_in_place(tmp_path):
     ids, _ = stored(collection)
     assert sorted(vector_index.index_ids(index).tolist()) == sorted(ids.tolist())
     assert set(added) <= set(ids.tolist()) and not set(removed) & set(ids.tolist())
-    assert np.array_equal(ann._ivf(index).quantizer.reconstruct_n(0, 16), centroids)
+    assert np.array_equal(inspect.ivf(index).quantizer.reconstruct_n(0, 16), centroids)
     assert collection.manifest.factory == "IVF16,Flat"
     collection.close()
 
@@ -161,7 +159,7 @@ def test_a_narrow_filter_on_an_ivf_index_still_finds_the_k_best_allowed(tmp_path
 
 
 def test_the_automatic_choice_moves_on_as_the_collection_grows(tmp_path, monkeypatch):
-    monkeypatch.setattr(ann, "EXACT_LIMIT", 1000)
+    monkeypatch.setattr(exact, "EXACT_LIMIT", 1000)
     collection, _ = make_collection(tmp_path, 800)
     collection.sync_index()
     assert collection.manifest.factory == "Flat"
@@ -203,7 +201,7 @@ def test_an_unreachable_target_settles_where_recall_stops_growing():
     vectors = clustered(4000, seed=2)
     ids = np.arange(4000, dtype=np.int64)
     index = ann.build("IVF32,PQ2", vectors, ids, dim=DIM)  # 2-byte codes: far from 0.999
-    tuning = ann.tune(index, vectors, ids, target_recall=0.999, queries=200, refine=False)
+    tuning = tune(index, vectors, ids, target_recall=0.999, queries=200, refine=False)
     rows = np.random.default_rng(0).choice(4000, size=200, replace=False)
     best = measured_recall(index, vectors, ids, rows, 32)  # every list probed
     assert tuning.recall < 0.999 and tuning.value < 32 and tuning.refine == 0
@@ -236,7 +234,7 @@ def test_ivf_indexes_keep_their_own_ids_and_old_id_maps_still_load():
     )
     old.train(vectors)
     old.add_with_ids(vectors, ids)
-    assert ann.depth_parameter(old) == "nprobe" and ann.supports_removal(old)
+    assert inspect.depth_parameter(old) == "nprobe" and inspect.supports_removal(old)
     assert sorted(vector_index.index_ids(old).tolist()) == sorted(ids.tolist())
     _, found = vector_index.search(old, vectors[:1], 3, params={"nprobe": 16})
     assert found[0].tolist() == brute_force(vectors, ids, vectors[0], 3)
@@ -247,11 +245,12 @@ def test_exact_ground_truth_in_chunks_matches_brute_force(tmp_path, monkeypatch)
     collection = Collection.create(
         tmp_path / "c", root=tmp_path, model=ModelIdentity("m"), dim=DIM
     )  # fmt: skip  (float16, as collections store them)
+    collection.lock()
     add(collection, clustered(2500), prefix="a")
     ids, view, _ = collection.stored()
     vectors = view[:]
     queries = clustered(20, seed=7)
-    found = ann.exact_neighbours(view, ids, queries, 10)
+    found = exact_neighbours(view, ids, queries, 10)
     for query, row in zip(queries, found, strict=True):
         truth = brute_force(vectors, ids, query, 10)
         scores = vectors @ query
@@ -283,7 +282,9 @@ def test_a_compressed_index_is_reranked_from_the_stored_vectors_to_reach_the_tar
 
 
 def test_an_unreachable_target_is_recorded_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(ann, "REFINE_FACTORS", (1,))  # re-rank no more than asked: codes alone
+    monkeypatch.setattr(
+        index_tuning, "REFINE_FACTORS", (1,)
+    )  # re-rank no more than asked: codes alone
     collection, _ = make_collection(tmp_path, 3000)
     tuning = collection.reindex("IVF16,PQ2x4", target_recall=0.99)
     assert tuning.recall < 0.99 and "below the 0.99 asked for" in tuning.warning

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,9 @@ from conftest import photo, write_photos
 
 from index.catalog import Catalog
 from index.collection import Collection, default_dir
-from index.errors import CollectionLocked, ModelMismatch
+from index.errors import CollectionLocked, CollectionTooNew, CorruptCollection, ModelMismatch
+from index.manifest import MANIFEST_VERSION
+from retrieval import collection_model
 from retrieval import indexer as indexer_module
 from retrieval.indexer import index_folder
 from retrieval.info import collection_info
@@ -62,6 +67,7 @@ def test_unchanged_root_is_only_stat_ed(root, encoder, monkeypatch):
 
     monkeypatch.setattr(indexer_module, "decode_files", forbidden)
     monkeypatch.setattr(indexer_module, "load_encoder", forbidden)
+    monkeypatch.setattr(collection_model, "load_encoder", forbidden)
     report = index_folder(root)
     assert (report.added, report.updated, report.removed, report.unchanged) == (0, 0, 0, 5)
 
@@ -204,3 +210,30 @@ def test_a_catalog_of_an_older_schema_is_upgraded_on_open(root, encoder):
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     db.close()
+
+
+def test_a_manifest_from_a_newer_version_is_refused_not_called_corrupt(root, encoder):
+    run(root, encoder)
+    path = default_dir(root) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["version"] = MANIFEST_VERSION + 1
+    manifest["a_field_this_version_does_not_know"] = True
+    path.write_text(json.dumps(manifest))
+    attempts = [
+        lambda: Collection.open(default_dir(root), readonly=True),
+        lambda: collection_info(default_dir(root)),
+        lambda: index_folder(root, encoder=encoder),
+    ]
+    for attempt in attempts:
+        with pytest.raises(CollectionTooNew, match="made by a newer version of retrieval") as e:
+            attempt()
+        assert "upgrade" in str(e.value) and not isinstance(e.value, CorruptCollection)
+
+
+def test_reading_a_collections_info_loads_no_ingest_code():
+    heavy = ("retrieval.indexer", "retrieval.pipeline", "retrieval.encoders.torch_encoder",
+             "retrieval.images", "torch", "open_clip", "PIL", "faiss")  # fmt: skip
+    code = f"import sys, retrieval.info; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1], check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from conftest import write_photos
 from reference import brute_force
 
 from index.collection import Collection, default_dir
+from index.manifest import Manifest
 from retrieval.errors import QueryError
 from retrieval.indexer import index_folder
 from retrieval.search import QueryTerm, Searcher, parse_query, parse_term
@@ -138,3 +140,34 @@ def test_a_missing_query_image_is_a_clear_error(root, encoder, tmp_path):
         (tmp_path / "bad.jpg").write_text("nope")
         with pytest.raises(QueryError, match=r"bad\.jpg"):
             searcher.search(parse_query(images=[str(tmp_path / "bad.jpg")]))
+
+
+def test_searching_reads_the_manifest_once_and_never_writes_it(root, monkeypatch):
+    path = default_dir(root) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["weights_hash"] = None  # as in a collection made before the hash was recorded
+    path.write_text(json.dumps(manifest))
+    before = path.read_bytes()
+    reads = []
+    real = Manifest.read.__func__
+
+    def counting(cls, where):
+        reads.append(where)
+        return real(cls, where)
+
+    monkeypatch.setattr(Manifest, "read", classmethod(counting))
+    with Searcher.open(default_dir(root), backend="torch", device="cpu") as searcher:
+        for text in ["one", "two", "three"]:
+            assert len(searcher.search(parse_query([text]), k=3)) == 3
+    assert len(reads) == 1  # when the collection was opened
+    assert path.read_bytes() == before
+
+
+def test_a_reader_follows_a_reindex_made_while_it_is_open(root, encoder):
+    with Searcher.open(default_dir(root), encoder=encoder) as searcher:
+        terms = parse_query(["a red square"])
+        exact = searcher.search(terms, k=5)
+        with Collection.open(default_dir(root)) as writer, writer.locked():
+            writer.reindex("HNSW8")
+        assert searcher.collection.manifest.factory == "HNSW8"
+        assert [h.id for h in searcher.search(terms, k=5)] == [h.id for h in exact]

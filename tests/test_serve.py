@@ -349,16 +349,16 @@ def test_serve_warns_when_reachable_from_other_machines_and_refuses_a_busy_port(
 
 
 def test_the_model_is_loaded_once_for_all_requests(root, tiny_model, monkeypatch):
-    import retrieval.search
+    import retrieval.collection_model
 
     loads = []
-    real = retrieval.search.load_encoder
+    real = retrieval.collection_model.load_encoder
 
     def counting(*args, **kwargs):
         loads.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(retrieval.search, "load_encoder", counting)
+    monkeypatch.setattr(retrieval.collection_model, "load_encoder", counting)
     client = TestClient(create_app(default_dir(root), backend="torch", device="cpu"))
     assert len(loads) == 1  # loaded when the app is made, before the first request
     for text in ["one", "two", "three"]:

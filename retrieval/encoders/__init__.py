@@ -134,7 +134,7 @@ def export_model(
 ) -> ExportReport:
     """Export (or find cached) the towers of a model, or of a collection's model (the one in
     collection_dir, or found from the current directory; else the default model)."""
-    from index.collection import Collection, find_collection
+    from index.collection import Collection, resolve_dir
     from index.errors import CollectionNotFound
 
     from .onnx_cache import TOWERS, graph_file, read_meta
@@ -143,7 +143,7 @@ def export_model(
     if model is None:
         directory = None
         try:
-            directory = Path(collection_dir) if collection_dir else find_collection()
+            directory = resolve_dir(collection_dir)
         except CollectionNotFound:
             directory = None
         if directory is not None:

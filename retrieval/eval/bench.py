@@ -26,7 +26,8 @@ from index.manifest import ModelIdentity
 from ..encoders import load_encoder
 from ..encoders.identity import DEFAULT_MODEL
 from ..encoders.torch_encoder import Encoder
-from ..indexer import IndexProgress, index_folder
+from ..indexer import index_folder
+from ..reports import IndexProgress
 from ..texts import add_texts
 from .datasets import CaptionedDataset
 from .errors import DatasetError

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from index.collection import find_collection
+from index.collection import resolve_dir
 from index.errors import CollectionError
 
 from ..encoders.torch_encoder import Encoder
@@ -84,7 +84,7 @@ def create_app(
     only loopback names, so that a web page whose domain is made to resolve to 127.0.0.1 (DNS
     rebinding) cannot read the collection through the visitor's browser.
     """
-    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
+    directory = resolve_dir(collection_dir)
     searcher = Searcher.open(
         directory, encoder=encoder, backend=backend, precision=precision, device=device
     )
