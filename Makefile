@@ -19,6 +19,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 # Offline: trains a small model on synthetic pictures, then indexes, searches and benchmarks.

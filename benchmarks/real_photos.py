@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retrieval.encoders import load_encoder
-from retrieval.encoders.torch_encoder import Encoder, architecture, create_untrained
+from retrieval.encoders.protocol import Encoder
+from retrieval.encoders.torch_encoder import architecture, create_untrained
 from retrieval.eval.bench import run_benchmark
 from retrieval.eval.datasets import load_dataset
 from retrieval.indexer import index_folder

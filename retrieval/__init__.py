@@ -30,7 +30,7 @@ _EXPORTS = {
     "CollectionInfo": ".info",
     "collection_info": ".info",
     "DEFAULT_MODEL": ".encoders.identity",
-    "Encoder": ".encoders.torch_encoder",
+    "Encoder": ".encoders.protocol",
     "load_encoder": ".encoders",
     "model_identity": ".encoders.identity",
     "recall_at_k": ".eval.recall",

@@ -8,7 +8,7 @@ from index.collection import Collection
 from index.errors import CollectionError
 
 from .encoders import load_encoder
-from .encoders.torch_encoder import Encoder
+from .encoders.protocol import Encoder
 
 
 def encoder_for(

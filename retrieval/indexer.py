@@ -23,7 +23,7 @@ from index.tuning import Tuning
 from .collection_model import check_encoder, encoder_for
 from .encoders import load_encoder
 from .encoders.identity import DEFAULT_MODEL
-from .encoders.torch_encoder import Encoder
+from .encoders.protocol import Encoder
 from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image

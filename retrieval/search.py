@@ -21,7 +21,7 @@ from index.exact import top_k
 from index.manifest import ModelIdentity
 
 from .collection_model import encoder_for
-from .encoders.torch_encoder import Encoder
+from .encoders.protocol import Encoder
 from .errors import ImageReadError, QueryError, UnknownItem
 from .images import IMAGE_EXTENSIONS, load_image
 from .vocabulary import vocabulary

@@ -11,7 +11,7 @@ from index.catalog import TEXT
 from index.collection import Collection, resolve_dir
 
 from .collection_model import encoder_for
-from .encoders.torch_encoder import Encoder
+from .encoders.protocol import Encoder
 from .errors import RetrievalError
 
 TEXT_COLUMNS = ("text", "caption", "title", "label")

@@ -23,7 +23,7 @@ from .cache import cache_dir
 from .encoders.errors import ModelLoadError
 from .encoders.identity import LOCAL_DIR
 from .encoders.preprocess import normalised
-from .encoders.torch_encoder import Encoder
+from .encoders.protocol import Encoder
 
 # A CPU text tower does a few dozen prompts per second: two templates there, more on a GPU.
 CPU_TEMPLATES = ("a photo of a {}.", "itap of a {}.")

@@ -17,7 +17,7 @@ from tiny_model import make_tiny_model
 
 from index.manifest import ModelIdentity
 from retrieval.encoders import load_encoder
-from retrieval.encoders.torch_encoder import Encoder
+from retrieval.encoders.torch_encoder import TorchEncoder
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> ModelIdentity:
 
 
 @pytest.fixture(scope="session")
-def encoder(tiny_model: ModelIdentity) -> Encoder:
+def encoder(tiny_model: ModelIdentity) -> TorchEncoder:
     return load_encoder(tiny_model, device="cpu", backend="torch")
 
 

@@ -21,6 +21,7 @@ from index.manifest import ModelIdentity
 
 from .errors import ModelLoadError
 from .identity import DEFAULT_MODEL
+from .protocol import Encoder
 
 if TYPE_CHECKING:
     from .onnx_encoder import OnnxEncoder
@@ -46,8 +47,8 @@ def load_encoder(
     backend: str = "auto",
     weights_hash: str | None = None,
     towers: Sequence[str] = ("image", "text"),
-) -> Any:
-    """Load an open_clip model for inference (an Encoder, or an OnnxEncoder: same interface).
+) -> Encoder:
+    """Load an open_clip model for inference (a TorchEncoder or an OnnxEncoder, both `Encoder`s).
 
     backend 'torch': precision 'auto' is bf16 autocast on CUDA and fp32 on the CPU; 'fp32' or
     'bf16' force one (bf16 weights on a CPU). backend 'onnx' (CPU): precision 'fp32' (auto) or

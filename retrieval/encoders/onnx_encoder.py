@@ -24,7 +24,7 @@ from .preprocess import PreprocessCfg, normalised, resize_and_crop
 
 @dataclass
 class OnnxEncoder:
-    """Embeds images and texts with ONNX Runtime sessions; the same interface as Encoder.
+    """Embeds images and texts with ONNX Runtime sessions; an `Encoder` (see protocol.py).
 
     Only the towers asked for are loaded: a text query never pays for the image tower.
     """

@@ -59,7 +59,7 @@ def resolve_device(device: str = "auto") -> str:
 
 
 @dataclass
-class Encoder:
+class TorchEncoder:
     """An open_clip model ready to embed images and texts.
 
     Images travel as uint8 (n, H, W, 3) arrays made by `prepare`, the model's own resize and
@@ -176,8 +176,8 @@ class Encoder:
         return contextlib.nullcontext()
 
 
-def load_torch_encoder(identity: ModelIdentity, *, device: str, precision: str) -> Encoder:
-    """An Encoder on this device ('auto', 'cpu', 'cuda...') at this precision ('auto', 'fp32',
+def load_torch_encoder(identity: ModelIdentity, *, device: str, precision: str) -> TorchEncoder:
+    """A TorchEncoder on this device ('auto', 'cpu', 'cuda...') at this precision ('auto', 'fp32',
     'bf16'); 'auto' is bf16 autocast on CUDA and fp32 on the CPU."""
     device = resolve_device(device)
     if precision == "auto":
@@ -190,8 +190,8 @@ def load_torch_encoder(identity: ModelIdentity, *, device: str, precision: str) 
 
 def wrap_model(
     identity: ModelIdentity, model: Any, preprocess: Any, *, device: str, precision: str
-) -> Encoder:
-    """An Encoder around an open_clip model and its eval transform (device already resolved).
+) -> TorchEncoder:
+    """A TorchEncoder around an open_clip model and its eval transform (device already resolved).
 
     bf16 is autocast on CUDA; on a CPU the weights themselves become bf16, which a CPU with
     AMX or AVX-512 BF16 runs about three times faster than fp32 (autocast there is slower than
@@ -211,7 +211,7 @@ def wrap_model(
 
     tokenizer = open_clip.get_tokenizer(identity.name)
     geometry, config = split_preprocess(model, preprocess)
-    return Encoder(
+    return TorchEncoder(
         identity=identity,
         model=model,
         tokenizer=tokenizer,

@@ -25,7 +25,7 @@ from index.manifest import ModelIdentity
 
 from ..encoders import load_encoder
 from ..encoders.identity import DEFAULT_MODEL
-from ..encoders.torch_encoder import Encoder
+from ..encoders.protocol import Encoder
 from ..indexer import index_folder
 from ..reports import IndexProgress
 from ..texts import add_texts

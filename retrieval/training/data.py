@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..encoders.torch_encoder import Encoder
+from ..encoders.protocol import Encoder
 from ..eval.datasets import CaptionedDataset
 from ..eval.errors import DatasetError
 from ..pipeline import decode_files

@@ -17,7 +17,7 @@ from index.atomic import atomic_path
 from index.manifest import ModelIdentity
 
 from ..encoders.torch_encoder import (
-    Encoder,
+    TorchEncoder,
     create_model,
     create_untrained,
     import_torch,
@@ -80,7 +80,7 @@ class _Trainer:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def _build_model(self) -> tuple[Encoder, dict[str, Any]]:
+    def _build_model(self) -> tuple[TorchEncoder, dict[str, Any]]:
         torch = self.torch
         torch.manual_seed(self.config.seed)
         if self.config.model_cfg is not None:
@@ -105,7 +105,7 @@ class _Trainer:
             encoder.model.lock_text_tower()
         return encoder, model_cfg
 
-    def _wrap(self, identity: ModelIdentity) -> Encoder:
+    def _wrap(self, identity: ModelIdentity) -> TorchEncoder:
         model, preprocess = create_model(identity)
         return wrap_model(identity, model, preprocess, device=self.device, precision=self.precision)
 

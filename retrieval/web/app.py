@@ -23,7 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from index.collection import resolve_dir
 from index.errors import CollectionError
 
-from ..encoders.torch_encoder import Encoder
+from ..encoders.protocol import Encoder
 from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
 from ..search import Hit, Searcher, TextHit, parse_text_query

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..encoders.torch_encoder import Encoder
+from ..encoders.protocol import Encoder
 from ..errors import RetrievalError
 from ..search import Searcher
 from ..vocabulary import vocabulary
