@@ -66,9 +66,7 @@ class EmbeddingStore:
                 "for; rebuild the collection with `retrieval index`"
             )
         mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(available, self.dim))
-        vectors = np.asarray(mapped[rows], dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        return normalised(mapped[rows])
 
     def view(self, rows: np.ndarray | list[int]) -> StoredVectors:
         """The vectors at these rows, read (and converted to float32) only when indexed."""
@@ -89,3 +87,9 @@ class StoredVectors:
 
     def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
         return self.store.read(np.atleast_1d(self.rows[key]))
+
+
+def normalised(rows: Any) -> np.ndarray:
+    """Rows scaled to unit L2 norm: float32 (n, d) from any (n, d) array; zero rows stay zero."""
+    array = np.asarray(rows, dtype=np.float32)
+    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import write_bytes_atomic
+from index.vectors import normalised
 
 from .cache import cache_dir
 from .encoders.errors import ModelLoadError
 from .encoders.identity import LOCAL_DIR
-from .encoders.preprocess import normalised
 from .encoders.protocol import Encoder
 
 # A CPU text tower does a few dozen prompts per second: two templates there, more on a GPU.

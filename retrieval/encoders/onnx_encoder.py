@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 
 from index.manifest import ModelIdentity
+from index.vectors import normalised
 
-from .preprocess import PreprocessCfg, normalised, resize_and_crop
+from .preprocess import PreprocessCfg, resize_and_crop
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from index.manifest import ModelIdentity
+from index.vectors import normalised
 
 from .errors import ModelLoadError
 from .identity import weights_hash
@@ -30,7 +31,6 @@ from .onnx_cache import (
     write_meta,
 )
 from .onnx_encoder import quiet_options
-from .preprocess import normalised
 from .torch_encoder import create_model, import_torch, split_preprocess
 
 FP32_MIN_COSINE = 0.9999

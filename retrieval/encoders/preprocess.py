@@ -92,9 +92,3 @@ def resize_and_crop(image: Image.Image, size: tuple[int, int], mode: str) -> np.
         image = image.resize(new_size, Image.Resampling.BICUBIC)
     left, top = crop_offsets(*image.size, size)
     return np.asarray(image.crop((left, top, left + width, top + height)))
-
-
-def normalised(features: Any) -> np.ndarray:
-    """Rows scaled to unit L2 norm: float32 (n, d) from any (n, d) array; zero rows stay zero."""
-    array = np.asarray(features, dtype=np.float32)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from index.manifest import ModelIdentity
+from index.vectors import normalised
 
 from .errors import ModelLoadError
 from .identity import LOCAL_DIR, model_identity, weights_hash
-from .preprocess import PreprocessCfg, normalised
+from .preprocess import PreprocessCfg
 
 if TYPE_CHECKING:
     import torch
