@@ -292,3 +292,19 @@ def test_the_web_view_lists_groups_with_ids_sizes_and_the_best_marked(tmp_path, 
     assert len(inside.json()["groups"]) == 1
     assert client.get("/api/duplicates", params={"folder": "../x"}).status_code == 400
     assert client.get("/api/duplicates", params={"threshold": 2}).status_code == 422
+
+
+def test_the_page_offers_the_duplicates_view_from_its_own_files(tmp_path, encoder):
+    dim = int(encoder.encode_texts(["x"]).shape[1])
+    vectors = unit(np.random.default_rng(1).standard_normal((2, dim)))
+    root = make_collection(tmp_path, [("a.jpg", 1, 1, 1, "h1"), ("b.jpg", 1, 1, 1, "h2")], vectors,
+                           model=encoder.identity)  # fmt: skip
+    client = TestClient(create_app(default_dir(root), encoder=encoder))
+    page = client.get("/").text
+    assert 'id="show-duplicates"' in page and 'id="duplicates"' in page
+    for asset in ("/static/duplicates.js", "/static/duplicates.css"):
+        assert asset in page
+        answer = client.get(asset)
+        assert answer.status_code == 200
+        assert "http" not in answer.text and "import(" not in answer.text
+    assert "/api/duplicates?" in client.get("/static/duplicates.js").text
