@@ -614,7 +614,7 @@ def _bytes(text: str | None) -> int | None:
 @app.command("duplicates")
 def duplicates_command(
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Cosine at which two files are the same picture (0.90)."
+        None, "--threshold", help="Cosine at which two files are the same picture (0.96)."
     ),
     under: str | None = typer.Option(None, "--under", help="Only files in this folder."),
     paths: bool = typer.Option(

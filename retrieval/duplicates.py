@@ -26,8 +26,9 @@ from index.neighbours import close_pairs
 from .errors import QueryError
 from .raw import RAW_EXTENSIONS
 
-DEFAULT_THRESHOLD = 0.90
-"""Cosine at which two files count as the same picture (benchmarks/duplicates.py measured it)."""
+DEFAULT_THRESHOLD = 0.96
+"""Cosine at which two files count as the same picture: the highest at which nearly every copy
+(recompressed, resized, cropped, colour-shifted) was found by benchmarks/duplicates.py."""
 
 SAME_NAME_SLACK = 0.05
 """How much lower the cosine of a RAW+JPEG-like pair (same folder and name) may be: a camera's
@@ -100,9 +101,12 @@ def duplicate_groups(
     links += _same_content(ids, items), _same_name(ids, items, vectors, threshold - SAME_NAME_SLACK)
     components = _components(len(ids), links)
     root = collection.root
-    groups = []
+    # One read of every grouped row (a memory-mapped read per group costs more than its maths).
+    grouped = vectors[np.concatenate(components)] if components else None
+    groups, start = [], 0
     for members in components:
-        score = _lowest_cosine(vectors[members])
+        score = _lowest_cosine(grouped[start : start + len(members)])
+        start += len(members)
         files = _best_first([items[int(ids[m])] for m in members], root)
         groups.append((files[0].path, score, files))
     groups.sort(key=lambda g: str(g[0]))
