@@ -612,6 +612,49 @@ def _bytes(text: str | None) -> int | None:
         raise typer.BadParameter(f"--memory {text}: give bytes, or a size like 512M or 4G") from e
 
 
+@app.command("duplicates")
+def duplicates_command(
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Cosine at which two files are the same picture (0.96)."
+    ),
+    under: str | None = typer.Option(None, "--under", help="Only files in this folder."),
+    paths: bool = typer.Option(
+        False, "--paths", help="Print only the files that are not their group's best, one a line."
+    ),
+    index: Path | None = IndexOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Groups of files that show the same picture, best first; nothing is deleted."""
+    from retrieval.duplicates import DEFAULT_THRESHOLD, find_duplicates
+
+    with user_errors(), _progress_bar() as bar:
+        task = bar.add_task("comparing", total=None)
+        groups = find_duplicates(
+            index,
+            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            under=under,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    for group in groups:
+        if as_json:
+            files = [{"path": str(f.path), "size": f.size, "width": f.width, "height": f.height,
+                      "best": f.best} for f in group.files]  # fmt: skip
+            emit_json({"group": group.number, "score": round(group.score, 6), "files": files})
+        elif paths:
+            for file in group.files[1:]:
+                print(file.path)
+        else:
+            count = len(group.files)
+            print(f"group {group.number}: {count} files, lowest cosine {group.score:.4f}")
+            for file in group.files:
+                pixels = f"{file.width}x{file.height}" if file.width else "?"
+                mark = "best" if file.best else ""
+                print(f"  {mark:<4}  {pixels:>11}  {_human_bytes(file.size):>10}  {file.path}")
+    if not as_json and not paths:
+        extra = sum(len(g.files) - 1 for g in groups)
+        err.print(f"{len(groups)} groups; {extra} files are copies of a group's best")
+
+
 @app.command("info")
 def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -> None:
     """Show a collection's model, index, counts, skipped files and size on disk."""

@@ -28,6 +28,7 @@ from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
 from ..search import Hit, Searcher, TextHit, parse_text_query
 from . import media
+from .duplicates import add_duplicate_routes
 from .engine import Engine
 from .errors import NotServable
 
@@ -105,6 +106,7 @@ def create_app(
     _search_routes(app, engine, max_upload_bytes)
     _item_routes(app, engine)
     _file_routes(app, engine)
+    add_duplicate_routes(app, engine)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
