@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index.collection import Collection, default_dir
+from index.collection import Collection, NewImage, default_dir
 from index.manifest import ModelIdentity
 from index.neighbours import close_pairs
 from retrieval.duplicates import DEFAULT_THRESHOLD, duplicate_groups
@@ -184,11 +184,9 @@ def measure_speed(n: int, dim: int, scratch: Path, seed: int = 0) -> dict:
     root.mkdir()
     collection = Collection.create(default_dir(root), root=root, model=ModelIdentity("random"),
                                    dim=dim, embedding_dtype="float16")  # fmt: skip
-    with collection.locked(), collection.catalog.transaction():
-        first = collection.catalog.reserve_rows(n)
-        collection.store.write(first, vectors)
-        for i in range(n):
-            collection.catalog.put_ok(f"{i // 1000}/{i}.jpg", 1, 1, f"h{i}", 1, 1, first + i)
+    images = [NewImage(f"{i // 1000}/{i}.jpg", 1, 1, f"h{i}", 1, 1) for i in range(n)]
+    with collection.locked():
+        collection.append_images(vectors, images)
     started = time.perf_counter()
     groups = duplicate_groups(collection, threshold=DEFAULT_THRESHOLD)
     seconds = time.perf_counter() - started

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 import retrieval.encoders
 from index.catalog import Item
-from index.collection import Collection, default_dir
+from index.collection import Collection, NewImage, default_dir
 from index.manifest import ModelIdentity
 from index.neighbours import close_pairs
 from retrieval.duplicates import find_duplicates, rank_key
@@ -61,13 +61,12 @@ def make_collection(
     root.mkdir(parents=True, exist_ok=True)
     collection = Collection.create(default_dir(root), root=root, model=model or ModelIdentity("m"),
                                    dim=vectors.shape[1], embedding_dtype="float32")  # fmt: skip
+    images = [
+        NewImage(path, size, 1, digest, width, height)
+        for path, size, width, height, digest in files
+    ]
     with collection.locked():
-        catalog = collection.catalog
-        with catalog.transaction():
-            first = catalog.reserve_rows(len(vectors))
-            collection.store.write(first, vectors)
-            for n, (path, size, width, height, digest) in enumerate(files):
-                catalog.put_ok(path, size, 1, digest, width, height, first + n)
+        collection.append_images(vectors, images)
     collection.close()
     return root
 
