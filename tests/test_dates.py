@@ -7,6 +7,7 @@ import calendar
 import os
 import sqlite3
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,17 @@ def test_the_web_api_filters_by_date(root, encoder):
     bad = client.get("/api/search", params={"q": "a photo", "after": "last week"})
     assert bad.status_code == 400
     assert "after 'last week' is not a date" in bad.json()["detail"]
+
+
+def test_jpegs_left_for_the_device_decoder_carry_their_capture_time_too(tmp_path):
+    from retrieval.pipeline import decode_files
+    from retrieval.scan import scan
+
+    write_dated_photos(tmp_path)
+    results = decode_files(tmp_path, scan(tmp_path), prepare=np.asarray, min_side=None,
+                           jpeg_to_device=True)  # fmt: skip
+    captures = {}
+    for result in results:
+        assert (result.jpeg is not None) == result.file.path.endswith(".jpg")
+        captures[result.file.path] = astuple(result.capture)
+    assert captures == EXPECTED
