@@ -129,6 +129,9 @@ def index_command(
                 bar.update(task, description=f"found {event.total} images", total=None)
             elif event.phase == "encode":
                 bar.update(task, description="indexing", completed=event.done, total=event.total)
+            elif event.phase == "dates":
+                bar.update(task, description="reading dates", completed=event.done,
+                           total=event.total)  # fmt: skip
 
         report = index_folder(
             root,
@@ -154,6 +157,7 @@ def index_command(
         "unchanged": report.unchanged,
         "skipped": [{"path": s.path, "error": s.error} for s in report.skipped],
         "encoded": report.encoded,
+        "dated": report.dated,
         "images_per_second": round(report.images_per_second, 2),
         "seconds": round(report.seconds, 3),
     }
@@ -174,6 +178,31 @@ def index_command(
             f"encoded {report.encoded} images at {report.images_per_second:.1f} images/s; "
             f"{report.seconds:.1f} s in all"
         )
+    if report.dated:
+        print(f"read the capture time of {report.dated} images from their headers")
+
+
+def _date_option(flag: str, help_start: str) -> Any:
+    """A date filter's option: its value is checked (a usage error naming it) before anything
+    is opened."""
+
+    def check(value: str | None) -> str | None:
+        from retrieval.dates import period
+        from retrieval.errors import QueryError
+
+        if value is not None:
+            try:
+                period(value, option="")
+            except QueryError as e:
+                raise typer.BadParameter(str(e)) from None
+        return value
+
+    return typer.Option(
+        None, flag, callback=check, metavar="DATE",
+        help=f"{help_start} DATE: a year (2023), a month (2023-07), a day (2023-07-14), or a "
+        "date and time (2023-07-14T18:30[+02:00]) as an instant; local time unless an offset "
+        "is given. Capture time: EXIF DateTimeOriginal, else the file's modification time.",
+    )  # fmt: skip
 
 
 @app.command("search")
@@ -194,6 +223,8 @@ def search_command(
     min_score: float | None = typer.Option(
         None, "--min-score", help="Only results scoring at least this (cosine, -1..1)."
     ),
+    taken_after: str | None = _date_option("--taken-after", "Only photos taken from the start of"),
+    taken_before: str | None = _date_option("--taken-before", "Only photos taken up to the end of"),
     index: Path | None = IndexOption,
     model: str | None = typer.Option(
         None, "--model", help="Check that the collection was built with this model."
@@ -214,7 +245,8 @@ def search_command(
             index, model=_model(model, pretrained), device=device, backend=backend,
             precision=precision,
         ) as searcher:  # fmt: skip
-            hits = searcher.search(terms, k=k, under=under, min_score=min_score)
+            hits = searcher.search(terms, k=k, under=under, min_score=min_score,
+                                   taken_after=taken_after, taken_before=taken_before)  # fmt: skip
     for hit in hits:
         if as_json:
             emit_json({"rank": hit.rank, "score": round(hit.score, 6), "path": str(hit.path),
@@ -690,9 +722,21 @@ def info_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -
     print(f"images      {data['images']}")
     print(f"texts       {data['texts']}")
     print(f"size        {_human_bytes(data['bytes_on_disk'])}")
+    print(f"taken       {_taken_span(data['taken'])}")
     print(f"skipped     {len(data['skipped'])}")
     for skipped in data["skipped"]:
         print(f"  {skipped['path']}: {skipped['error']}")
+
+
+def _taken_span(taken: dict[str, Any]) -> str:
+    if not taken.get("earliest"):
+        span = "no capture times"
+    else:
+        span = f"{taken['earliest']} to {taken['latest']}"
+    sources = (f"{taken['exif']} from EXIF, {taken['exif-local']} from EXIF without a time zone "
+               f"(read as local time), {taken['mtime']} from file times")  # fmt: skip
+    unread = f", {taken['unread']} not read yet (run index)" if taken.get("unread") else ""
+    return f"{span} ({sources}{unread})"
 
 
 def _info_dict(index: Path | None) -> dict[str, Any]:

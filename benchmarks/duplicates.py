@@ -45,7 +45,7 @@ from index.neighbours import close_pairs
 from retrieval.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 from retrieval.encoders import load_encoder
 from retrieval.encoders.identity import model_identity
-from retrieval.encoders.torch_encoder import Encoder
+from retrieval.encoders.protocol import Encoder
 from retrieval.eval.datasets import load_dataset
 from retrieval.indexer import index_folder
 

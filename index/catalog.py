@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .capture import CaptureColumns
 from .errors import CollectionTooNew, CorruptCollection
 
 STATUS_OK = "ok"
@@ -42,6 +43,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO meta VALUES ('text_version', '0'), ('text_next_row', '0');
     """,
+    # When each photo was taken, and with which camera (see capture.py).
+    """
+    ALTER TABLE items ADD COLUMN taken INTEGER;
+    ALTER TABLE items ADD COLUMN taken_offset INTEGER;
+    ALTER TABLE items ADD COLUMN taken_source TEXT;
+    ALTER TABLE items ADD COLUMN camera TEXT;
+    CREATE INDEX items_taken ON items(taken);
+    """,
 )
 
 IMAGE = "image"
@@ -69,11 +78,12 @@ class Item:
 _COLUMNS = "id, path, size, mtime_ns, hash, width, height, status, error, row"
 
 
-class Catalog:
+class Catalog(CaptureColumns):
     """The catalog of one collection.
 
     Writes happen inside `transaction()`, each of which bumps `version` when it changes
     vectors, so a FAISS index saved at one version is known to be stale at another.
+    Capture times and cameras: see CaptureColumns.
     """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:

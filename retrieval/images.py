@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,12 @@ def decode_image(
     min_size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    on_open: Callable[[Image.Image], None] | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """As load_image, also returning the file's full upright (width, height)."""
+    """As load_image, also returning the file's full upright (width, height).
+
+    on_open: called with the opened file before its pixels are decoded, to read its header
+    (not for RAW files, which LibRaw opens)."""
     register_heif()
     label = name or (str(source) if isinstance(source, Path) else "image")
     if is_raw(source if isinstance(source, Path) else name):
@@ -85,6 +90,8 @@ def decode_image(
                 )
             if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):
                 width, height = height, width
+            if on_open is not None:
+                on_open(img)
             if min_size and img.format == "JPEG":
                 # draft() picks the largest DCT scale that keeps both sides >= the request.
                 img.draft("RGB", (min_size, min_size))

@@ -20,6 +20,7 @@ from index.collection import Collection, NewImage, default_dir, resolve_dir
 from index.manifest import ModelIdentity
 from index.tuning import Tuning
 
+from .capture import fill_capture_times
 from .collection_model import check_encoder, encoder_for
 from .encoders import load_encoder
 from .encoders.identity import DEFAULT_MODEL
@@ -180,7 +181,6 @@ def jpeg_decoder(decode: str, encoder: Encoder) -> JpegDecoder | None:
             f"--decode gpu does not support this model's preprocessing ({interpolation}, "
             f"{resize_mode}); use --decode cpu"
         )
-
     return JpegDecoder(device, encoder.image_size, resize_mode, _cpu_fallback(encoder))
 
 
@@ -232,6 +232,7 @@ class _IndexRun:
         if todo:
             self._process(todo)
         self._remove_missing()
+        self.report.dated = fill_capture_times(self.collection, self.workers, self.progress)
         self.collection.sync_index()
         self.report.seconds = time.perf_counter() - started
         return self.report
@@ -274,10 +275,8 @@ class _IndexRun:
             window=ahead * self.batch_size + (self.workers or 0) + 2,
             jpeg_to_device=self.jpeg_decoder is not None,
         )
-        done = 0
         pending: list[Decoded] = []
-        for result in decoded:
-            done += 1
+        for done, result in enumerate(decoded, 1):
             if result.decodable:
                 self.batch.append(result)
             else:
@@ -287,7 +286,7 @@ class _IndexRun:
                 pending = []
                 self.progress(IndexProgress("encode", done, len(todo)))
         self._commit(encoder, pending)
-        self.progress(IndexProgress("encode", done, len(todo)))
+        self.progress(IndexProgress("encode", len(todo), len(todo)))
 
     def _commit(self, encoder: Encoder, others: list[Decoded]) -> None:
         """Encode the batch and commit it with the non-encoded results, in one transaction."""
@@ -305,8 +304,10 @@ class _IndexRun:
             if vectors is not None:
                 files = [NewImage(r.file.path, r.file.size, r.file.mtime_ns, r.hash, r.width,
                                   r.height) for r in batch]  # fmt: skip
-                for item in self.collection.append_images(vectors, files):
+                items = self.collection.append_images(vectors, files)
+                for item, result in zip(items, batch, strict=True):
                     self._count_new(item)
+                    self.catalog.set_capture(item.id, result.capture)
             for result in others:
                 if result.error is not None:
                     self._record_error(result)

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from index.capture import CaptureSpan
 from index.collection import Collection, resolve_dir
 from index.layout import FAISS_INDEX
 from index.manifest import ModelIdentity
 
+from .dates import local_time
 from .reports import SkippedFile
 
 
@@ -33,6 +35,8 @@ class CollectionInfo:
     backend: str = "torch"
     precision: str = "fp32"
     skipped: list[SkippedFile] = field(default_factory=list)
+    taken: CaptureSpan | None = None
+    """When the images were taken: the span and how many times came from each source."""
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-JSON form that `info --json` prints and the web app's /api/info returns."""
@@ -55,6 +59,7 @@ class CollectionInfo:
             "texts": self.texts,
             "skipped": [{"path": s.path, "error": s.error} for s in self.skipped],
             "bytes_on_disk": self.bytes_on_disk,
+            "taken": _span_dict(self.taken),
         }
 
 
@@ -85,7 +90,20 @@ def collection_info(collection_dir: Path | None = None) -> CollectionInfo:
             backend=manifest.backend,
             precision=manifest.precision,
             skipped=skipped,
+            taken=collection.catalog.capture_span(),
         )
+
+
+def _span_dict(span: CaptureSpan | None) -> dict[str, Any]:
+    """earliest and latest (ISO 8601 at the photo's own offset, or None), the count of images
+    dated by each source (exif, exif-local, mtime), and those not read yet (unread)."""
+    if span is None:
+        return {}
+    ends = {
+        name: None if end is None else local_time(end).isoformat()
+        for name, end in (("earliest", span.earliest), ("latest", span.latest))
+    }
+    return {**ends, **span.by_source, "unread": span.unread}
 
 
 def _size(path: Path) -> int:

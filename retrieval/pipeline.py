@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from index.capture import CaptureTime
+
+from .capture import capture_from_bytes, capture_from_image
 from .errors import ImageReadError
 from .gpu_decode import JpegHeader, read_header
 from .images import DEFAULT_MAX_PIXELS, decode_image
@@ -30,7 +33,8 @@ class Decoded:
 
     Exactly one of: `pixels` (uint8 (H, W, 3), ready for the model), `jpeg` (the bytes of a
     JPEG left for the GPU to decode, with its `header`), `known` (its content hash is already
-    embedded, so it was not decoded), or `error` (why it cannot be read).
+    embedded, so it was not decoded), or `error` (why it cannot be read). A file that goes to
+    the model comes with its `capture` time and camera, read from the header it opened.
     """
 
     file: FileInfo
@@ -42,6 +46,7 @@ class Decoded:
     error: str | None = None
     jpeg: bytes | None = None
     header: JpegHeader | None = None
+    capture: CaptureTime | None = None
 
     @property
     def decodable(self) -> bool:
@@ -120,11 +125,15 @@ def _decode_one(
         header = read_header(data, file.path, max_pixels) if jpeg_to_device else None
         if header is not None:
             size = {"width": header.width, "height": header.height}
-            return Decoded(file, hash=digest, jpeg=data, header=header, **size)
+            capture = capture_from_bytes(data, file.mtime_ns)
+            return Decoded(file, hash=digest, jpeg=data, header=header, capture=capture, **size)
+        captured: list[CaptureTime] = []  # read from the header decode_image opens anyway
         image, (width, height) = decode_image(
-            data, min_size=min_side, max_pixels=max_pixels, name=file.path
-        )
+            data, min_size=min_side, max_pixels=max_pixels, name=file.path,
+            on_open=lambda img: captured.append(capture_from_image(img, file.mtime_ns)),
+        )  # fmt: skip
         pixels = prepare(image)
     except ImageReadError as e:
         return Decoded(file, hash=digest, error=e.reason)
-    return Decoded(file, hash=digest, pixels=pixels, width=width, height=height)
+    capture = captured[0] if captured else capture_from_bytes(data, file.mtime_ns)  # RAW files
+    return Decoded(file, hash=digest, pixels=pixels, width=width, height=height, capture=capture)

@@ -33,7 +33,9 @@ ProgressCallback = Callable[[IndexProgress], None]
 
 @dataclass
 class IndexReport:
-    """What an index run did. Counts are of files; `encoded` counts model forward passes."""
+    """What an index run did. Counts are of files; `encoded` counts model forward passes;
+    `dated` counts images whose capture time was read from their header alone (a collection
+    made before capture times were stored, or copies of photos already embedded)."""
 
     root: Path
     collection: Path
@@ -46,6 +48,7 @@ class IndexReport:
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    dated: int = 0
 
     @property
     def images_per_second(self) -> float:

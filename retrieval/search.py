@@ -21,6 +21,7 @@ from index.exact import top_k
 from index.manifest import ModelIdentity
 
 from .collection_model import encoder_for
+from .dates import When, taken_range
 from .encoders.protocol import Encoder
 from .errors import ImageReadError, QueryError, UnknownItem
 from .images import IMAGE_EXTENSIONS, load_image
@@ -201,9 +202,20 @@ class Searcher:
             raise UnknownItem(f"no indexed image has id {item_id}")
         return self.collection.store.read([item.row])[0]
 
-    def similar(self, item_id: int, *, k: int = 10, prefix: str | None = None) -> list[Hit]:
+    def similar(
+        self,
+        item_id: int,
+        *,
+        k: int = 10,
+        prefix: str | None = None,
+        taken_after: When | None = None,
+        taken_before: When | None = None,
+    ) -> list[Hit]:
         """The k images most like an indexed one (itself left out), from its stored embedding."""
-        hits = self.search_vector(self.item_vector(item_id), k=k + 1, prefix=prefix)
+        hits = self.search_vector(
+            self.item_vector(item_id), k=k + 1, prefix=prefix, taken_after=taken_after,
+            taken_before=taken_before,
+        )  # fmt: skip
         others = [h for h in hits if h.id != item_id][:k]
         return [Hit(rank, h.id, h.score, h.path) for rank, h in enumerate(others, 1)]
 
@@ -214,9 +226,15 @@ class Searcher:
         k: int = 10,
         under: str | Path | None = None,
         min_score: float | None = None,
+        taken_after: When | None = None,
+        taken_before: When | None = None,
     ) -> list[Hit]:
-        """The k images closest to the query, best first."""
-        return self.search_vector(self.embed(terms), k=k, under=under, min_score=min_score)
+        """The k images closest to the query, best first (see search_vector for the filters)."""
+        taken_range(taken_after, taken_before)  # a bad date fails before the model loads
+        return self.search_vector(
+            self.embed(terms), k=k, under=under, min_score=min_score, taken_after=taken_after,
+            taken_before=taken_before,
+        )  # fmt: skip
 
     def search_vector(
         self,
@@ -226,22 +244,25 @@ class Searcher:
         under: str | Path | None = None,
         min_score: float | None = None,
         prefix: str | None = None,
+        taken_after: When | None = None,
+        taken_before: When | None = None,
     ) -> list[Hit]:
         """The k images closest to a query vector float32 (d,), best first.
 
         under: a folder (absolute, or relative to the current folder or the root); prefix: a
         folder already relative to the root, used as given (nothing is looked up on disk).
+        taken_after, taken_before: only images taken from the start of one period up to the
+        end of another (`2023`, `2023-07`, `2023-07-14`; a date and time or a datetime is an
+        instant; see retrieval.dates). Every filter is applied inside the index search.
         """
         if k < 1:
             raise QueryError(f"-k must be at least 1, not {k}")
         catalog = self.collection.catalog
         if under is not None:
             prefix = self.relative_prefix(under)
-        allowed = None
-        if prefix:
-            allowed = np.asarray(catalog.ids_under(prefix), dtype=np.int64)
-            if allowed.size == 0:
-                return []
+        allowed = self._allowed_ids(prefix, *taken_range(taken_after, taken_before))
+        if allowed is not None and allowed.size == 0:
+            return []
         scores, ids = self.collection.search(query[None, :], k, allowed_ids=allowed)
         found = catalog.by_ids(i for i in ids[0] if i >= 0)
         hits = []
@@ -252,6 +273,19 @@ class Searcher:
             path = self.collection.root / item.path
             hits.append(Hit(len(hits) + 1, int(item_id), float(score), path))
         return hits
+
+    def _allowed_ids(
+        self, prefix: str | None, after: int | None, before: int | None
+    ) -> np.ndarray | None:
+        """The ids int64 (n,) that the folder and date filters let through; None: all."""
+        catalog = self.collection.catalog
+        allowed = None
+        if prefix:
+            allowed = np.asarray(catalog.ids_under(prefix), dtype=np.int64)
+        if after is not None or before is not None:
+            taken = np.asarray(catalog.ids_taken(after, before), dtype=np.int64)
+            allowed = taken if allowed is None else np.intersect1d(allowed, taken)
+        return allowed
 
     def describe(self, image: str | Path, *, k: int = 5, source: str = "auto") -> list[TextHit]:
         """The k texts closest to an image file, best first.

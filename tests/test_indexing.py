@@ -200,13 +200,15 @@ def test_a_catalog_of_an_older_schema_is_upgraded_on_open(root, encoder):
 
     run(root, encoder)
     path = default_dir(root) / "catalog.sqlite"
-    with sqlite3.connect(path) as db:  # undo the newest migration by hand
-        db.execute("DROP TABLE texts")
-        db.execute("DELETE FROM meta WHERE key LIKE 'text_%'")
+    with sqlite3.connect(path) as db:  # undo the newest migration (capture times) by hand
+        db.execute("DROP INDEX items_taken")
+        for column in ("taken", "taken_offset", "taken_source", "camera"):
+            db.execute(f"ALTER TABLE items DROP COLUMN {column}")
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
     db.close()
     info = collection_info(default_dir(root))  # a read-only command
     assert (info.images, info.texts) == (5, 0)
+    assert info.taken is not None and info.taken.unread == 5
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     db.close()

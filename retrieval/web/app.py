@@ -23,6 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from index.collection import resolve_dir
 from index.errors import CollectionError
 
+from ..dates import taken_range
 from ..encoders.protocol import Encoder
 from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
@@ -40,6 +41,9 @@ MAX_K = 500
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results.")]
 Folder = Annotated[str, Query(description="Only images under this folder (relative to the root).")]
+DATES = "2023, 2023-07, 2023-07-14 or 2023-07-14T18:30, in the server's local time"
+After = Annotated[str, Query(max_length=40, description=f"Only images taken from: {DATES}.")]
+Before = Annotated[str, Query(max_length=40, description=f"Only images taken up to: {DATES}.")]
 
 
 class HitOut(BaseModel):
@@ -132,13 +136,15 @@ def _search_routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         q: Annotated[str, Query(min_length=1, max_length=2000, description="The query.")],
         k: K = 24,
         folder: Folder = "",
+        after: After = "",
+        before: Before = "",
     ) -> list[HitOut]:
         """Images for a text query: `beach - people`, `sunset +2:sea` (weights, `-` subtracts)."""
-        terms, prefix = parse_text_query(q), _folder_prefix(folder)
+        terms, prefix, taken = parse_text_query(q), _folder_prefix(folder), _taken(after, before)
         with _timed(response, "encode"), engine.encoding() as searcher:
             vector = searcher.embed(terms)
         with _timed(response, "search"), engine.reading() as searcher:
-            return _hits(searcher.search_vector(vector, k=k, prefix=prefix), searcher)
+            return _hits(searcher.search_vector(vector, k=k, prefix=prefix, **taken), searcher)
 
     @app.post("/api/search/image", response_model=list[HitOut])
     def search_image(
@@ -146,19 +152,21 @@ def _search_routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         file: Annotated[UploadFile, File(description="An example image.")],
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 24,
         folder: Annotated[str, Form()] = "",
+        after: Annotated[str, Form(max_length=40)] = "",
+        before: Annotated[str, Form(max_length=40)] = "",
     ) -> list[HitOut]:
-        """Images like an uploaded one."""
+        """Images like an uploaded one (folder, after and before filter as for /api/search)."""
         data = file.file.read(max_upload_bytes + 1)
         name = Path(file.filename or "upload").name
         if len(data) > max_upload_bytes:
             raise NotServable(_too_large(name, max_upload_bytes), status=413)
         if not data:
             raise QueryError(f"{name}: the upload is empty")
-        prefix = _folder_prefix(folder)
+        prefix, taken = _folder_prefix(folder), _taken(after, before)
         with _timed(response, "encode"), engine.encoding() as searcher:
             vector = searcher.encode_image(data, name=name)[0]
         with _timed(response, "search"), engine.reading() as searcher:
-            return _hits(searcher.search_vector(vector, k=k, prefix=prefix), searcher)
+            return _hits(searcher.search_vector(vector, k=k, prefix=prefix, **taken), searcher)
 
 
 def _item_routes(app: FastAPI, engine: Engine) -> None:
@@ -176,11 +184,18 @@ def _item_routes(app: FastAPI, engine: Engine) -> None:
         )
 
     @app.get("/api/items/{item_id}/similar", response_model=list[HitOut])
-    def similar(item_id: int, response: Response, k: K = 24, folder: Folder = "") -> list[HitOut]:
+    def similar(
+        item_id: int,
+        response: Response,
+        k: K = 24,
+        folder: Folder = "",
+        after: After = "",
+        before: Before = "",
+    ) -> list[HitOut]:
         """More like this: the images closest to an indexed one (itself left out)."""
-        prefix = _folder_prefix(folder)
+        prefix, taken = _folder_prefix(folder), _taken(after, before)
         with _timed(response, "search"), engine.reading() as searcher:
-            return _hits(searcher.similar(item_id, k=k, prefix=prefix), searcher)
+            return _hits(searcher.similar(item_id, k=k, prefix=prefix, **taken), searcher)
 
     @app.get("/api/items/{item_id}/describe", response_model=list[TagOut])
     def describe(item_id: int, k: Annotated[int, Query(ge=1, le=50)] = 5) -> list[TagOut]:
@@ -271,6 +286,14 @@ def _folder_prefix(folder: str) -> str | None:
     if folder.startswith("/") or normal == ".." or normal.startswith("../") or "\\" in folder:
         raise QueryError(f"folder {folder!r} must be a folder inside the collection, like 'trips'")
     return None if normal == "." else normal
+
+
+def _taken(after: str, before: str) -> dict[str, str | None]:
+    """A date filter from a request, checked now (a bad date is a 400 naming it), as the
+    searcher's keyword arguments; an empty bound is none."""
+    bounds = {"taken_after": after.strip() or None, "taken_before": before.strip() or None}
+    taken_range(bounds["taken_after"], bounds["taken_before"], names=("after", "before"))
+    return bounds
 
 
 def _hits(hits: list[Hit], searcher: Searcher) -> list[HitOut]:

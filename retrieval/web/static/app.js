@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const form = $("search"), q = $("q"), folder = $("folder"), file = $("file");
+const after = $("after"), before = $("before");
 const statusLine = $("status"), results = $("results"), drop = $("drop");
 const viewer = $("viewer"), viewerImage = $("viewer-image"), tags = $("tags");
 const K = 48;       // results a search asks for; "More results" doubles it
@@ -27,8 +28,15 @@ async function api(url, options) {
   return body;
 }
 
-function folderParam() {
-  return folder.value.trim() ? `&folder=${encodeURIComponent(folder.value.trim())}` : "";
+// The folder and date filters that are set, as [name, value] pairs.
+function filters() {
+  return [["folder", folder], ["after", after], ["before", before]]
+    .map(([name, input]) => [name, input.value.trim()])
+    .filter(([, value]) => value);
+}
+
+function filterParams() {
+  return filters().map(([name, value]) => `&${name}=${encodeURIComponent(value)}`).join("");
 }
 
 function show(found, what, started, k, more) {
@@ -72,10 +80,10 @@ async function run(kind, value, push = true, k = K) {
   try {
     let found, what;
     if (kind === "q") {
-      found = await api(`/api/search?q=${encodeURIComponent(value)}&k=${k}${folderParam()}`);
+      found = await api(`/api/search?q=${encodeURIComponent(value)}&k=${k}${filterParams()}`);
       what = `for “${value}”`;
     } else {
-      found = await api(`/api/items/${value}/similar?k=${k}${folderParam()}`);
+      found = await api(`/api/items/${value}/similar?k=${k}${filterParams()}`);
       what = "like the chosen one";
     }
     if (push) remember(kind, value);
@@ -93,7 +101,7 @@ async function searchByUpload(image, k = K) {
   const body = new FormData();
   body.append("file", image, image.name || "pasted.png");
   body.append("k", k);
-  if (folder.value.trim()) body.append("folder", folder.value.trim());
+  for (const [name, value] of filters()) body.append(name, value);
   try {
     const found = await api("/api/search/image", { method: "POST", body });
     show(found, `like ${name}`, started, k, (more) => searchByUpload(image, more));
@@ -104,13 +112,15 @@ async function searchByUpload(image, k = K) {
 
 function remember(kind, value) {
   const params = new URLSearchParams({ [kind]: value });
-  if (folder.value.trim()) params.set("folder", folder.value.trim());
+  for (const [name, value] of filters()) params.set(name, value);
   history.pushState(null, "", `?${params}`);
 }
 
 function restore() {
   const params = new URLSearchParams(location.search);
   folder.value = params.get("folder") || "";
+  after.value = params.get("after") || "";
+  before.value = params.get("before") || "";
   if (params.get("q")) {
     q.value = params.get("q");
     run("q", q.value, false);
