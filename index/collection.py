@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from . import opening, provenance
+from . import compaction, opening, provenance
 from .catalog import IMAGE, STATUS_OK, TEXT, Catalog, Item
+from .compaction import Compaction
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
 from .indexes import CollectionIndexes
 from .layout import CATALOG, LOCK, MANIFEST, SPACES
@@ -380,6 +381,11 @@ class Collection:
         """Bring the saved FAISS index up to the catalog (the writer calls this)."""
         self._require_lock("sync_index()")
         self.indexes.faiss_index(kind)
+
+    def compact(self) -> Compaction:
+        """Drop the embedding rows no item uses (see index.compaction)."""
+        self._require_lock("compact()")
+        return compaction.compact(self)
 
     def stats(self) -> CollectionStats:
         size = sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
