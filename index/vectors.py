@@ -73,8 +73,9 @@ class EmbeddingStore:
             )
         mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(available, self.dim))
         vectors = np.asarray(mapped[rows], dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        with np.errstate(invalid="ignore", over="ignore"):  # a damaged row reads as NaN
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            return vectors / np.maximum(norms, 1e-12)
 
     def view(self, rows: np.ndarray | list[int]) -> StoredVectors:
         """The vectors at these rows, read (and converted to float32) only when indexed."""
