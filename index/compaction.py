@@ -22,18 +22,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from .atomic import atomic_path
-from .catalog import IMAGE
+from .catalog import IMAGE, Catalog
 from .errors import StorageError
 from .layout import SPACES
 from .vectors import EmbeddingStore
 
-if TYPE_CHECKING:
-    from .collection import Collection
+
+class Collection(Protocol):
+    """What compaction needs of an open collection (its writer holding the lock)."""
+
+    dir: Path
+    catalog: Catalog
+
+    def store_for(self, kind: str = IMAGE) -> EmbeddingStore: ...
+
 
 DEAD_SHARE = 0.3
 """An index run compacts when at least this share of the embeddings file is dead rows ..."""

@@ -212,7 +212,7 @@ def test_disk_full_writing_embeddings_is_one_error_and_loses_nothing(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(StorageError, match="embeddings.bin.*No space left"):
+    with pytest.raises(StorageError, match=r"embeddings\.bin.*No space left"):
         index_folder(root, encoder=encoder)
     monkeypatch.undo()
     assert_same_state(state(root), expected)
@@ -236,7 +236,7 @@ def test_disk_full_in_the_catalog_is_one_error_and_loses_nothing(
         return real(self, sql, parameters)
 
     monkeypatch.setattr(Database, "execute", full)
-    with pytest.raises(StorageError, match="catalog.sqlite: the disk is full"):
+    with pytest.raises(StorageError, match=r"catalog\.sqlite: the disk is full"):
         index_folder(root, encoder=encoder)
     monkeypatch.undo()
     assert_same_state(state(root), expected)
@@ -252,7 +252,7 @@ def test_a_faiss_write_failure_in_reindex_is_one_error_and_keeps_the_index(root,
         raise RuntimeError("Error in faiss::FileIOWriter: No space left on device")
 
     monkeypatch.setattr(faiss, "write_index", full)
-    with pytest.raises(StorageError, match="index.faiss.*No space left"):
+    with pytest.raises(StorageError, match=r"index\.faiss.*No space left"):
         reindex(default_dir(root), factory="Flat")
     assert path.read_bytes() == before
 
