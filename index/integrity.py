@@ -162,16 +162,22 @@ def _verify_faiss(collection: Collection, kind: str, findings: Findings) -> None
         findings.faiss.append(kind)
 
 
-def _verify_thumbnails(collection: Collection, findings: Findings) -> None:
+def orphan_thumbnails(collection: Collection) -> list[Path]:
+    """Cached thumbnails (named by content hash, or size-mtime) that no catalog item has."""
     folder = collection.dir / THUMBNAILS
     if not folder.is_dir():
-        return
-    known = set()
-    for item in collection.catalog.items():
-        known.add(item.hash or f"{item.size}-{item.mtime_ns}")
-    for path in sorted(folder.glob("*/*")):
-        if path.is_file() and path.stem.rsplit("-", 1)[0] not in known:
-            findings.thumbnails.append(path)
+        return []
+    known = {item.hash or f"{item.size}-{item.mtime_ns}" for item in collection.catalog.items()}
+    return [
+        path
+        for path in sorted(folder.glob("*/*"))
+        if path.is_file() and path.stem.rsplit("-", 1)[0] not in known
+    ]
+
+
+def _verify_thumbnails(collection: Collection, findings: Findings) -> None:
+    folder = collection.dir / THUMBNAILS
+    findings.thumbnails = orphan_thumbnails(collection)
     if findings.thumbnails:
         findings.add(
             "thumbnails", f"{len(findings.thumbnails)} thumbnails in {folder} show no item"

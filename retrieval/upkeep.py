@@ -61,6 +61,10 @@ def check_collection(collection_dir: Path | None = None, *, repair: bool = False
 
 
 def compact_collection(collection_dir: Path | None = None) -> Compaction:
-    """Rewrite a collection's embeddings without the rows no item uses any more."""
+    """Rewrite a collection's embeddings without the rows no item uses any more, and drop the
+    thumbnails no item has."""
     with Collection.open(resolve_dir(collection_dir)) as collection, collection.locked():
-        return collection.compact()
+        done = collection.compact()
+        for path in integrity.orphan_thumbnails(collection):
+            path.unlink(missing_ok=True)
+        return done

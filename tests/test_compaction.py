@@ -42,10 +42,14 @@ def file_rows(root) -> int:
         return collection.store.rows()
 
 
-def test_compact_drops_dead_rows_and_keeps_every_vector(root):
+def test_compact_drops_dead_rows_and_orphan_thumbnails_and_keeps_every_vector(root):
     expected = state(root)
     assert file_rows(root) == 12
+    orphan = default_dir(root) / "thumbnails" / "de" / "deadbeef-320.jpg"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"jpeg")
     done = compact_collection(default_dir(root))
+    assert not orphan.exists()
     assert done.rows == 6 and done.bytes > 0
     assert file_rows(root) == 6
     assert_same_state(state(root), expected)
