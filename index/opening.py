@@ -103,14 +103,26 @@ def _record_once(catalog: Catalog, record: Provenance) -> None:
             writer.close()
 
 
-def make_dir(directory: Path) -> None:
-    """Make the collection's folder, or say in one line why it cannot be one."""
+def check_dir(directory: Path) -> None:
+    """Say in one line why directory cannot hold a collection (a file, or a place that cannot
+    be written), without making anything."""
     if directory.exists() and not directory.is_dir():
         raise CollectionError(f"{directory} is a file, not a folder; name a folder with --index")
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise CollectionError(f"{existing} is a file, not a folder; name a folder with --index")
+    if not os.access(existing, os.W_OK):
+        raise StorageError(
+            f"cannot make a collection in {directory} ({existing} cannot be written); name a "
+            "writable folder with --index"
+        )
+
+
+def make_dir(directory: Path) -> None:
+    """Make the collection's folder, or say in one line why it cannot be one."""
+    check_dir(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        if not os.access(directory, os.W_OK):
-            raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise StorageError(
             f"cannot make a collection in {directory} ({e.strerror or e}); name a writable "

@@ -19,7 +19,7 @@ from index import compaction
 from index.catalog import STATUS_OK, STATUS_STALE, Item
 from index.collection import Collection, NewImage, default_dir
 from index.manifest import ModelIdentity
-from index.opening import make_dir
+from index.opening import check_dir
 
 from .collection_model import check_encoder, encoder_for
 from .encoders import load_encoder
@@ -77,7 +77,7 @@ def index_folder(
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     created = None  # the encoder of a new collection, which the collection records
     if not Collection.exists(directory):
-        make_dir(directory)  # a file, or a place that cannot be written: say so before loading
+        check_dir(directory)  # a file, or a place that cannot be written: say so before loading
         created = encoder = encoder or load_encoder(
             model or DEFAULT_MODEL, device=device, precision=precision, backend=backend
         )

@@ -282,7 +282,7 @@ def test_an_index_option_naming_a_file_or_an_unwritable_place_is_one_line(
     process = cli("index", str(root), "--index", str(afile), *model)
     assert_one_line_error(process, "afile", "not a folder")
     process = cli("index", str(root), "--index", str(afile / "below"), *model)
-    assert_one_line_error(process, "below")
+    assert_one_line_error(process, "afile", "not a folder")
 
 
 def test_search_of_a_damaged_collection_says_to_repair(root):
