@@ -158,6 +158,7 @@ def index_command(
         "skipped": [{"path": s.path, "error": s.error} for s in report.skipped],
         "encoded": report.encoded,
         "dated": report.dated,
+        "compacted": report.compacted,
         "images_per_second": round(report.images_per_second, 2),
         "seconds": round(report.seconds, 3),
     }
@@ -178,6 +179,8 @@ def index_command(
             f"encoded {report.encoded} images at {report.images_per_second:.1f} images/s; "
             f"{report.seconds:.1f} s in all"
         )
+    if report.compacted:
+        print(f"compacted the embeddings: {report.compacted} unused rows dropped")
     if report.dated:
         print(f"read the capture time of {report.dated} images from their headers")
 
@@ -685,6 +688,51 @@ def duplicates_command(
     if not as_json and not paths:
         extra = sum(len(g.files) - 1 for g in groups)
         err.print(f"{len(groups)} groups; {extra} files are copies of a group's best")
+
+
+@app.command("check")
+def check_command(
+    repair: bool = typer.Option(
+        False, "--repair", help="Mend what can be mended without losing anything."
+    ),
+    index: Path | None = IndexOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify a collection: catalog, manifest, embeddings, FAISS indexes, thumbnails."""
+    from retrieval.upkeep import check_collection
+
+    with user_errors():
+        report = check_collection(index, repair=repair)
+    for problem in report.problems:
+        if as_json:
+            emit_json({"part": problem.part, "problem": problem.message,
+                       "repairable": problem.repairable})  # fmt: skip
+        else:
+            print(f"{problem.part}: {problem.message}")
+    for done in report.repaired:
+        if as_json:
+            emit_json({"repaired": done})
+        else:
+            print(f"repaired: {done}")
+    if not report.problems and not as_json:
+        print("ok")
+    if not report.ok:
+        if not repair and any(p.repairable for p in report.problems):
+            err.print("run `retrieval check --repair` to mend what can be mended")
+        raise typer.Exit(1)
+
+
+@app.command("compact")
+def compact_command(index: Path | None = IndexOption, as_json: bool = JsonOption) -> None:
+    """Reclaim the space of embeddings that no item uses any more."""
+    from retrieval.upkeep import compact_collection
+
+    with user_errors():
+        done = compact_collection(index)
+    if as_json:
+        emit_json({"rows": done.rows, "bytes": done.bytes})
+    else:
+        print(f"dropped {done.rows} unused embeddings, {_human_bytes(done.bytes)} freed")
 
 
 @app.command("info")

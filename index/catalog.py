@@ -11,47 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from .capture import CaptureColumns
-from .errors import CollectionTooNew, CorruptCollection
+from .database import Database, storage_error
+from .errors import CollectionTooNew
+from .migrations import MIGRATIONS
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_STALE = "stale"
+"""An item whose stored embedding was found damaged: the next index run encodes it again."""
 
-# Each entry migrates the schema from version i to i + 1; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE items (
-        id       INTEGER PRIMARY KEY AUTOINCREMENT,
-        path     TEXT    NOT NULL UNIQUE,
-        size     INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        hash     TEXT,
-        width    INTEGER,
-        height   INTEGER,
-        status   TEXT    NOT NULL,
-        error    TEXT,
-        row      INTEGER
-    );
-    CREATE INDEX items_hash ON items(hash);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    INSERT INTO meta VALUES ('version', '0'), ('next_row', '0');
-    """,
-    """
-    CREATE TABLE texts (
-        id   INTEGER PRIMARY KEY AUTOINCREMENT,
-        text TEXT    NOT NULL UNIQUE,
-        row  INTEGER NOT NULL
-    );
-    INSERT INTO meta VALUES ('text_version', '0'), ('text_next_row', '0');
-    """,
-    # When each photo was taken, and with which camera (see capture.py).
-    """
-    ALTER TABLE items ADD COLUMN taken INTEGER;
-    ALTER TABLE items ADD COLUMN taken_offset INTEGER;
-    ALTER TABLE items ADD COLUMN taken_source TEXT;
-    ALTER TABLE items ADD COLUMN camera TEXT;
-    CREATE INDEX items_taken ON items(taken);
-    """,
-)
 
 IMAGE = "image"
 TEXT = "text"
@@ -92,25 +60,26 @@ class Catalog(CaptureColumns):
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self._db = _connect_readonly(uri)
+                self._db = _connect_readonly(uri, self.path)
                 schema = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if schema < len(MIGRATIONS):
                     # An older catalog: upgrade it once through a writing connection.
                     self._db.close()
                     Catalog(self.path).close()
-                    self._db = _connect_readonly(uri)
+                    self._db = _connect_readonly(uri, self.path)
                 elif schema > len(MIGRATIONS):
                     raise CollectionTooNew(
                         f"{self.path} was written by a newer version of retrieval (schema "
                         f"{schema}); upgrade retrieval to use it"
                     )
             else:
-                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self._db = Database(connection, self.path)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
         except sqlite3.DatabaseError as e:
-            raise CorruptCollection(f"{self.path} is not a readable catalog ({e})") from e
+            raise storage_error(self.path, e) from e
 
     def close(self) -> None:
         self._db.close()
@@ -145,11 +114,11 @@ class Catalog(CaptureColumns):
         self._in_transaction = True
         try:
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
             self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # SQLite ends some failed transactions itself
+                self._db.execute("ROLLBACK")
+            raise
         finally:
             self._in_transaction = False
 
@@ -165,6 +134,21 @@ class Catalog(CaptureColumns):
 
     def _meta(self, key: str) -> str:
         return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def meta_value(self, key: str) -> str | None:
+        """A value of the meta table, or None when it holds none under key."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def integrity(self) -> list[str]:
+        """What SQLite's integrity check finds wrong with the file (empty when nothing)."""
+        found = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
+        return [] if found == ["ok"] else found
+
+    def error_stat(self, path: str) -> tuple[int | None, int | None]:
+        """(ctime_ns, mode) recorded for a file skipped as unreadable."""
+        row = self._db.execute("SELECT ctime_ns, mode FROM items WHERE path = ?", (path,))
+        return row.fetchone() or (None, None)
 
     def items(self) -> list[Item]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY id").fetchall()
@@ -291,16 +275,26 @@ class Catalog(CaptureColumns):
         return int(cursor.lastrowid)
 
     def put_error(
-        self, path: str, size: int, mtime_ns: int, content_hash: str | None, error: str
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        error: str,
+        *,
+        ctime_ns: int | None = None,
+        mode: int | None = None,
     ) -> None:
+        """Record a file that cannot be read; its ctime and mode tell when a chmod (which
+        leaves the mtime) may have made it readable."""
         changed = self._db.execute(
             "SELECT status FROM items WHERE path = ?", (path,)
         ).fetchone() == (STATUS_OK,)
         self._db.execute("DELETE FROM items WHERE path = ?", (path,))
         self._db.execute(
-            "INSERT INTO items (path, size, mtime_ns, hash, status, error) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (path, size, mtime_ns, content_hash, STATUS_ERROR, error),
+            "INSERT INTO items (path, size, mtime_ns, hash, status, error, ctime_ns, mode) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, size, mtime_ns, content_hash, STATUS_ERROR, error, ctime_ns, mode),
         )
         if changed:
             self._bump()
@@ -318,6 +312,35 @@ class Catalog(CaptureColumns):
             (path, size, mtime_ns, item_id),
         )
 
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def mark_stale(self, ids: Iterable[int]) -> None:
+        """Mark items whose embeddings are damaged: no longer searched, and encoded again by
+        the next index run."""
+        pairs = [(STATUS_STALE, int(i)) for i in ids]
+        self._db.executemany("UPDATE items SET status = ?, row = NULL WHERE id = ?", pairs)
+        self._bump()
+
+    def delete_texts(self, ids: Iterable[int]) -> None:
+        self._db.executemany("DELETE FROM texts WHERE id = ?", [(int(i),) for i in ids])
+        self._bump(TEXT)
+
+    def move_rows(self, kind: str, moves: dict[int, int], next_row: int) -> None:
+        """Point every image (or text) at row old to row moves[old]; next_row becomes the
+        first free row. Items of a row not in moves lose it (they have no embedding)."""
+        table = "texts" if kind == TEXT else "items"
+        self._db.execute("CREATE TEMP TABLE moves (old INTEGER PRIMARY KEY, new INTEGER)")
+        self._db.executemany("INSERT INTO moves VALUES (?, ?)", list(moves.items()))
+        self._db.execute(
+            f"UPDATE {table} SET row = (SELECT new FROM moves WHERE old = {table}.row) "
+            "WHERE row IS NOT NULL"
+        )
+        self._db.execute("DROP TABLE moves")
+        self._db.execute(
+            "UPDATE meta SET value = ? WHERE key = ?", (str(next_row), _COUNTERS[kind][1])
+        )
+
     def delete(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         if not ids:
@@ -326,9 +349,12 @@ class Catalog(CaptureColumns):
         self._bump()
 
 
-def _connect_readonly(uri: str) -> sqlite3.Connection:
+def _connect_readonly(uri: str, path: Path) -> Database:
     # A reader may be shared by threads that take turns (the web app serialises its reads).
-    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+    connection = sqlite3.connect(
+        uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
+    )
+    return Database(connection, path)
 
 
 def _split_sql(script: str) -> list[str]:

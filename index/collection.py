@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from . import compaction, opening, provenance
 from .catalog import IMAGE, STATUS_OK, TEXT, Catalog, Item
+from .compaction import Compaction
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
 from .indexes import CollectionIndexes
-from .layout import CATALOG, COLLECTION_DIRNAME, LOCK, MANIFEST, SPACES
+from .layout import CATALOG, LOCK, MANIFEST, SPACES
 from .manifest import Manifest, ModelIdentity
+from .opening import default_dir, find_collection, resolve_dir  # noqa: F401 (re-exported)
 from .vectors import EmbeddingStore, StoredVectors
 
 if TYPE_CHECKING:
@@ -30,30 +33,6 @@ if TYPE_CHECKING:
     from .tuning import Tuning
 
 T = TypeVar("T")
-
-
-def default_dir(root: Path) -> Path:
-    """Where `retrieval index ROOT` keeps its collection unless told otherwise."""
-    return Path(root).resolve() / COLLECTION_DIRNAME
-
-
-def find_collection(start: Path | None = None) -> Path:
-    """The nearest collection directory at or above `start` (default: the current directory)."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / COLLECTION_DIRNAME
-        if (candidate / MANIFEST).is_file():
-            return candidate
-    raise CollectionNotFound(
-        f"no collection found in {here} or any folder above it; "
-        "create one with `retrieval index PHOTO_FOLDER` or name one with --index DIR"
-    )
-
-
-def resolve_dir(collection_dir: Path | str | None) -> Path:
-    """The collection a command names (`--index DIR`, `~` expanded), or the nearest one at or
-    above the current directory when it names none."""
-    return Path(collection_dir).expanduser() if collection_dir else find_collection()
 
 
 @dataclass(frozen=True)
@@ -89,13 +68,7 @@ class Collection:
         self.catalog = catalog
         self._manifest = manifest
         self._manifest_seen = self.manifest_signature()
-        dim, dtype = manifest.dim, manifest.embedding_dtype
-        self.stores = {
-            kind: EmbeddingStore(self.dir / space.embeddings, dim, dtype)
-            for kind, space in SPACES.items()
-        }
-        self.store = self.stores[IMAGE]
-        self.text_store = self.stores[TEXT]
+        self.dim, self.embedding_dtype = manifest.dim, manifest.embedding_dtype
         self._lock_fd: int | None = None
         self.indexes = CollectionIndexes(self)
         self.search_device = "auto"
@@ -105,8 +78,8 @@ class Collection:
 
     @staticmethod
     def exists(directory: Path) -> bool:
-        """Whether directory holds a collection (a directory without a manifest is none yet)."""
-        return (Path(directory) / MANIFEST).is_file()
+        """Whether directory holds a collection (a manifest, or a catalog recording its model)."""
+        return opening.is_collection(Path(directory))
 
     @classmethod
     def create(
@@ -120,31 +93,44 @@ class Collection:
         embedding_dtype: str = "float16",
     ) -> Collection:
         directory = Path(directory).resolve()
-        if (directory / MANIFEST).exists():
+        if cls.exists(directory):
             raise CollectionError(f"a collection already exists in {directory}")
-        directory.mkdir(parents=True, exist_ok=True)
+        opening.make_dir(directory)
         manifest = Manifest(
             model=model,
             dim=dim,
-            root=_stored_root(Path(root).resolve(), directory),
+            root=opening.stored_root(Path(root).resolve(), directory),
             embedding_dtype=embedding_dtype,
             preprocess=dict(preprocess or {}),
         )
         catalog = Catalog(directory / CATALOG)
-        # The manifest comes last: a directory without one is not a collection yet.
+        if catalog.count_vectors() or catalog.count("error"):
+            catalog.close()
+            raise CollectionError(
+                f"{directory / CATALOG} holds a catalog that records no model and has no "
+                f"{MANIFEST}; move it away, or name another --index"
+            )
+        # The catalog's record first: from it a lost manifest is rebuilt.
+        provenance.record(catalog, provenance.of_manifest(manifest))
         manifest.write(directory / MANIFEST)
         return cls(directory, manifest, catalog)
 
     @classmethod
-    def open(cls, directory: Path, *, readonly: bool = False) -> Collection:
+    def open(cls, directory: Path, *, readonly: bool = False, verify: bool = True) -> Collection:
+        """Open a collection; verify: refuse a manifest that disagrees with the catalog (False
+        for `check`, which reports it)."""
         directory = Path(directory).resolve()
         if not cls.exists(directory):
             raise CollectionNotFound(
                 f"{directory} is not a collection (no {MANIFEST}); "
                 "create one with `retrieval index PHOTO_FOLDER --index DIR`"
             )
-        manifest = Manifest.read(directory / MANIFEST)
         catalog = Catalog(directory / CATALOG, readonly=readonly)
+        try:
+            manifest = opening.read_manifest(directory, catalog, verify=verify)
+        except CollectionError:
+            catalog.close()
+            raise
         return cls(directory, manifest, catalog)
 
     @classmethod
@@ -268,6 +254,8 @@ class Collection:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._refresh_manifest()
         self._lock_fd = fd
+        if not (self.dir / MANIFEST).is_file():  # lost, and rebuilt from the catalog's record
+            self.save_manifest()
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -319,18 +307,31 @@ class Collection:
             raise ValueError(f"{len(vectors)} vectors for {n} items")
         with self.catalog.transaction():
             first = self.catalog.reserve_rows(n, kind)
-            self.stores[kind].write(first, vectors)
+            self.store_for(kind).write(first, vectors)
             return put(first)
 
     # -- reading vectors, searching and keeping the indexes current ---------------------------
 
+    def store_for(self, kind: str = IMAGE) -> EmbeddingStore:
+        """The embeddings file of images (or texts) the catalog names now: compaction writes a
+        new one, so read it in the same snapshot as the rows to be read from it."""
+        space = SPACES[kind]
+        name = self.catalog.meta_value(space.file_key) or space.embeddings
+        return EmbeddingStore(self.dir / name, self.dim, self.embedding_dtype)
+
+    @property
+    def store(self) -> EmbeddingStore:
+        return self.store_for(IMAGE)
+
+    @property
+    def text_store(self) -> EmbeddingStore:
+        return self.store_for(TEXT)
+
     def vectors(self, kind: str = IMAGE) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids int64 (n,), vectors float32 (n, d), version) of one committed state of the
         collection's images (or texts)."""
-        with self.catalog.snapshot():
-            version = self.catalog.version_of(kind)
-            ids, rows = self.catalog.vector_rows(kind)
-        return np.asarray(ids, dtype=np.int64), self.stores[kind].read(rows), version
+        ids, view, version = self.stored(kind)
+        return ids, view.store.read(view.rows), version
 
     def stored(self, kind: str = IMAGE) -> tuple[np.ndarray, StoredVectors, int]:
         """Like vectors(), but the vectors are a lazy view of the memory-mapped store, read and
@@ -338,7 +339,8 @@ class Collection:
         with self.catalog.snapshot():
             version = self.catalog.version_of(kind)
             ids, rows = self.catalog.vector_rows(kind)
-        return np.asarray(ids, dtype=np.int64), self.stores[kind].view(rows), version
+            store = self.store_for(kind)
+        return np.asarray(ids, dtype=np.int64), store.view(rows), version
 
     def search(
         self,
@@ -380,6 +382,11 @@ class Collection:
         self._require_lock("sync_index()")
         self.indexes.faiss_index(kind)
 
+    def compact(self) -> Compaction:
+        """Drop the embedding rows no item uses (see index.compaction)."""
+        self._require_lock("compact()")
+        return compaction.compact(self)
+
     def stats(self) -> CollectionStats:
         size = sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
         return CollectionStats(
@@ -388,11 +395,3 @@ class Collection:
             texts=self.catalog.count_texts(),
             bytes_on_disk=size,
         )
-
-
-def _stored_root(root: Path, directory: Path) -> str:
-    """Store the root relative to the collection when the collection lives inside it."""
-    try:
-        return os.path.relpath(root, directory) if directory.is_relative_to(root) else str(root)
-    except ValueError:
-        return str(root)

@@ -23,3 +23,8 @@ class CorruptCollection(CollectionError):
 
 class CollectionTooNew(CollectionError):
     """A file of the collection was written by a newer version of retrieval than this one."""
+
+
+class StorageError(CollectionError):
+    """A file of the collection cannot be written (a full disk, no permission); what was
+    committed before is intact."""

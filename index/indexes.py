@@ -29,8 +29,9 @@ class Storage(Protocol):
 
     dir: Path
     catalog: Catalog
-    stores: dict[str, EmbeddingStore]
     search_device: str
+
+    def store_for(self, kind: str = IMAGE) -> EmbeddingStore: ...
 
     @property
     def manifest(self) -> Manifest: ...
@@ -159,10 +160,12 @@ class CollectionIndexes:
     def _vectors_of(self, ids: np.ndarray, kind: str) -> np.ndarray:
         """The stored vectors float32 (n, d) of these ids; NaN rows for ids no longer stored."""
         storage = self.storage
-        rows = storage.catalog.rows_of(ids, kind)
+        with storage.catalog.snapshot():
+            rows = storage.catalog.rows_of(ids, kind)
+            store = storage.store_for(kind)
         vectors = np.full((len(ids), storage.manifest.dim), np.nan, dtype=np.float32)
         known = rows >= 0
-        vectors[known] = storage.stores[kind].read(rows[known])
+        vectors[known] = store.read(rows[known])
         return vectors
 
     def _exact(
@@ -185,8 +188,11 @@ class CollectionIndexes:
             if cached is not None and cached[0] == version:
                 return cached[1], cached[2]
             ids, rows = catalog.vector_rows(kind)
+            store = self.storage.store_for(kind)
         ids_array = np.asarray(ids, dtype=np.int64)
-        vectors = self.storage.stores[kind].read(np.asarray(rows, dtype=np.int64))
+        vectors = store.read(np.asarray(rows, dtype=np.int64))
+        finite = np.isfinite(vectors).all(axis=1)  # a damaged row is never returned
+        ids_array, vectors = ids_array[finite], vectors[finite]
         self._exact_cache[kind] = (version, ids_array, vectors)
         return ids_array, vectors
 
@@ -220,7 +226,9 @@ class CollectionIndexes:
         new = np.flatnonzero(~np.isin(ids, held))
         for start in range(0, len(new), ann.CHUNK):
             chunk = new[start : start + ann.CHUNK]
-            index.add_with_ids(vectors[chunk], ids[chunk])
+            rows = vectors[chunk]
+            finite = np.isfinite(rows).all(axis=1)  # a damaged row is never indexed
+            index.add_with_ids(rows[finite], ids[chunk][finite])
         return index
 
     def _rebuilt(self, kind: str, ids: np.ndarray, vectors: StoredVectors) -> faiss.Index:
@@ -228,6 +236,7 @@ class CollectionIndexes:
 
         storage = self.storage
         manifest = storage.manifest
+        ids, vectors = _finite(ids, vectors)
         factory = self._factory(kind, len(ids))
         try:
             index = ann.build(factory, vectors, ids, dim=manifest.dim)
@@ -272,6 +281,16 @@ class CollectionIndexes:
         index = self._rebuilt(IMAGE, ids, vectors)
         self._save(IMAGE, index, version)
         return Tuning(**manifest.tuning)
+
+
+def _finite(ids: np.ndarray, vectors: StoredVectors) -> tuple[np.ndarray, StoredVectors]:
+    """The ids and vectors without damaged (not finite) rows, which are never indexed."""
+    keep = np.ones(len(ids), dtype=bool)
+    for start in range(0, len(ids), 65_536):
+        keep[start : start + 65_536] = np.isfinite(vectors[start : start + 65_536]).all(axis=1)
+    if keep.all():
+        return ids, vectors
+    return ids[keep], vectors.store.view(vectors.rows[keep])
 
 
 def _mtime(path: Path) -> int | None:

@@ -14,6 +14,7 @@ FAISS_INDEX = "index.faiss"
 TEXT_EMBEDDINGS = "text_embeddings.bin"
 TEXT_FAISS_INDEX = "texts.faiss"
 LOCK = "lock"
+THUMBNAILS = "thumbnails"
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,11 @@ class Space:
     embeddings: str
     faiss_index: str
     manifest_version: str
+    file_key: str
+    """The catalog meta key naming the embeddings file in use (compaction writes a new one)."""
 
 
 SPACES = {
-    IMAGE: Space(EMBEDDINGS, FAISS_INDEX, "index_version"),
-    TEXT: Space(TEXT_EMBEDDINGS, TEXT_FAISS_INDEX, "text_index_version"),
+    IMAGE: Space(EMBEDDINGS, FAISS_INDEX, "index_version", "embeddings_file"),
+    TEXT: Space(TEXT_EMBEDDINGS, TEXT_FAISS_INDEX, "text_index_version", "text_embeddings_file"),
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic
-from .errors import CollectionTooNew, CorruptCollection
+from .errors import CollectionTooNew, CorruptCollection, StorageError
 
 MANIFEST_VERSION = 1
 
@@ -84,8 +84,15 @@ class Manifest:
             raise
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise CorruptCollection(
-                f"{path} is not a readable manifest ({e}); re-create the collection"
+                f"{path} is not a readable manifest ({e}); run `retrieval check --repair` to "
+                "rebuild it from the catalog"
             ) from e
 
     def write(self, path: Path) -> None:
-        write_bytes_atomic(path, self.to_json().encode("utf-8"))
+        try:
+            write_bytes_atomic(path, self.to_json().encode("utf-8"))
+        except OSError as e:
+            raise StorageError(
+                f"cannot write {path} ({e.strerror or e}); free some space (or make it "
+                "writable) and run the command again"
+            ) from e

@@ -16,7 +16,7 @@ import numpy as np
 from . import ann, inspect
 from ._faiss import faiss
 from .atomic import write_with_atomic
-from .errors import CorruptCollection
+from .errors import CorruptCollection, StorageError
 
 GPU_MAX_K = 2048
 """The largest k and nprobe faiss's GPU indexes select (GPU_MAX_SELECTION_K)."""
@@ -52,14 +52,24 @@ def index_ids(index: faiss.Index) -> np.ndarray:
 
 
 def save(index: faiss.Index, path: Path) -> None:
-    write_with_atomic(path, lambda tmp: faiss.write_index(index, tmp))
+    try:
+        write_with_atomic(path, lambda tmp: faiss.write_index(index, tmp))
+    except (RuntimeError, OSError) as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise StorageError(
+            f"cannot write {path} ({reason}); free some space (or make it writable) and run "
+            "the command again (the stored embeddings are intact)"
+        ) from e
 
 
 def load(path: Path) -> faiss.Index:
     try:
         return faiss.read_index(str(path))
     except RuntimeError as e:
-        raise CorruptCollection(f"{path} is not a readable FAISS index ({e})") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptCollection(
+            f"{path} is not a readable FAISS index ({reason}); run `retrieval check --repair`"
+        ) from e
 
 
 # -- the GPU ------------------------------------------------------------------------------------

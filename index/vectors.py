@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptCollection
+from .errors import CorruptCollection, StorageError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -39,12 +39,18 @@ class EmbeddingStore:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
         data = np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.pwrite(fd, data, first_row * self.row_bytes)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, data, first_row * self.row_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageError(
+                f"cannot write {self.path} ({e.strerror or e}); free some space (or make it "
+                "writable) and run the command again (nothing committed was lost)"
+            ) from e
 
     def rows(self) -> int:
         """How many whole rows the file holds (some may be unreferenced)."""
@@ -63,7 +69,7 @@ class EmbeddingStore:
         if rows.max() >= available or rows.min() < 0:
             raise CorruptCollection(
                 f"{self.path} holds {available} embeddings but row {int(rows.max())} was asked "
-                "for; rebuild the collection with `retrieval index`"
+                "for; run `retrieval check --repair`, then `retrieval index`"
             )
         mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(available, self.dim))
         return normalised(mapped[rows])
@@ -92,4 +98,5 @@ class StoredVectors:
 def normalised(rows: Any) -> np.ndarray:
     """Rows scaled to unit L2 norm: float32 (n, d) from any (n, d) array; zero rows stay zero."""
     array = np.asarray(rows, dtype=np.float32)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+    with np.errstate(invalid="ignore", over="ignore"):  # a damaged row reads as NaN, not a warning
+        return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)

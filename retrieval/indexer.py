@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from index.catalog import STATUS_OK, Item
-from index.collection import Collection, NewImage, default_dir, resolve_dir
+from index import compaction
+from index.catalog import STATUS_OK, STATUS_STALE, Item
+from index.collection import Collection, NewImage, default_dir
 from index.manifest import ModelIdentity
-from index.tuning import Tuning
+from index.opening import check_dir
 
 from .capture import fill_capture_times
 from .collection_model import check_encoder, encoder_for
@@ -30,25 +31,9 @@ from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
 from .pipeline import Decoded, decode_files
 from .reports import IndexProgress, IndexReport, ProgressCallback, SkippedFile
+from .revisit import change_stat, must_read
 from .scan import FileInfo, ScanProblem, scan, stat_files
-
-
-def reindex(
-    collection_dir: Path | None = None,
-    *,
-    factory: str | None = None,
-    memory_budget: int | None = None,
-    target_recall: float | None = None,
-) -> Tuning:
-    """Rebuild a collection's image index from its stored embeddings; no image is encoded.
-
-    factory: a FAISS factory string ("IVF1024,Flat", "HNSW32", ...), or None to choose one from
-    the collection's size and memory_budget (bytes) and to keep choosing as it grows.
-    """
-    if target_recall is not None and not 0 < target_recall <= 1:
-        raise RetrievalError(f"--target-recall must be in (0, 1], not {target_recall}")
-    with Collection.open(resolve_dir(collection_dir)) as collection, collection.locked():
-        return collection.reindex(factory, memory_budget=memory_budget, target_recall=target_recall)
+from .upkeep import reindex  # noqa: F401 (its home before `check` and `compact` joined it)
 
 
 def index_folder(
@@ -93,6 +78,7 @@ def index_folder(
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     created = None  # the encoder of a new collection, which the collection records
     if not Collection.exists(directory):
+        check_dir(directory)  # a file, or a place that cannot be written: say so before loading
         created = encoder = encoder or load_encoder(
             model or DEFAULT_MODEL, device=device, precision=precision, backend=backend
         )
@@ -233,6 +219,7 @@ class _IndexRun:
             self._process(todo)
         self._remove_missing()
         self.report.dated = fill_capture_times(self.collection, self.workers, self.progress)
+        self.report.compacted = compaction.compact_if_due(self.collection)
         self.collection.sync_index()
         self.report.seconds = time.perf_counter() - started
         return self.report
@@ -249,7 +236,7 @@ class _IndexRun:
         for file in files:
             present.add(file.path)
             item = self.by_path.get(file.path)
-            if item and item.size == file.size and item.mtime_ns == file.mtime_ns:
+            if not must_read(self.catalog, self.root, item, file):
                 self.report.unchanged += item.status == STATUS_OK
                 if item.status != STATUS_OK:
                     self.report.skipped.append(SkippedFile(item.path, item.error or "", new=False))
@@ -341,7 +328,7 @@ class _IndexRun:
     def _count_new(self, item: Item) -> None:
         """Account for a file just committed as item with an embedding (new or reused)."""
         old = self.by_path.get(item.path)
-        if old is not None and old.status == STATUS_OK:
+        if old is not None and old.status in (STATUS_OK, STATUS_STALE):
             self.report.updated += 1
         else:
             self.report.added += 1
@@ -381,7 +368,9 @@ class _IndexRun:
     def _record_error(self, result: Decoded) -> None:
         file = result.file
         old = self.by_path.get(file.path)
-        self.catalog.put_error(file.path, file.size, file.mtime_ns, result.hash, result.error)
+        ctime_ns, mode = change_stat(self.root, file.path)
+        self.catalog.put_error(file.path, file.size, file.mtime_ns, result.hash, result.error,
+                               ctime_ns=ctime_ns, mode=mode)  # fmt: skip
         if old is not None and old.status == STATUS_OK:
             self.report.removed += 1
         self._skip(SkippedFile(file.path, result.error or ""))

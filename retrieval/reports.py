@@ -45,6 +45,8 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     encoded: int = 0
+    compacted: int = 0
+    """Dead embedding rows dropped by the compaction at the end of the run (0: none ran)."""
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     encode_seconds: float = 0.0

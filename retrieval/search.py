@@ -28,7 +28,7 @@ from .images import IMAGE_EXTENSIONS, load_image
 from .vocabulary import vocabulary
 
 TermKind = Literal["text", "image"]
-_WEIGHT = re.compile(r"^(-?\d+(?:\.\d*)?|-?\.\d+):(.+)$", re.DOTALL)
+_WEIGHT = re.compile(r"^(-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?):(.+)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def parse_term(raw: str, kind: TermKind | None = None, *, negative: bool = False
     match = _WEIGHT.match(raw)
     if match and not (kind != "text" and os.path.exists(raw)):
         weight, value = float(match.group(1)), match.group(2)
+        if not abs(weight) <= 1e6:  # beyond that a weighted sum overflows float32
+            raise QueryError(f"weight {match.group(1)} in {raw!r} is too large; use one up to 1e6")
     if kind is None:
         looks_like_image = os.path.splitext(value)[1].lower() in IMAGE_EXTENSIONS
         kind = "image" if looks_like_image and os.path.isfile(value) else "text"
@@ -200,7 +202,13 @@ class Searcher:
         item = self.collection.catalog.get(item_id)
         if item is None or item.row is None:
             raise UnknownItem(f"no indexed image has id {item_id}")
-        return self.collection.store.read([item.row])[0]
+        vector = self.collection.store.read([item.row])[0]
+        if not np.isfinite(vector).all():
+            raise QueryError(
+                f"the stored embedding of image {item_id} is damaged; run `retrieval check "
+                "--repair`, then `retrieval index`"
+            )
+        return vector
 
     def similar(
         self,

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from index.collection import Collection, default_dir
-from index.layout import EMBEDDINGS
 
 
 def naive_recall(images, texts, owner, ks):
@@ -34,7 +33,8 @@ def stored_vectors(root: Path) -> dict[str, np.ndarray]:
     with Collection.open(directory, readonly=True) as collection:
         dim, dtype = collection.manifest.dim, collection.manifest.embedding_dtype
         items = [i for i in collection.catalog.items() if i.status == "ok"]
-    raw = np.fromfile(directory / EMBEDDINGS, dtype=dtype).reshape(-1, dim).astype(np.float32)
+        path = collection.store.path  # embeddings.bin, or the generation compaction wrote
+    raw = np.fromfile(path, dtype=dtype).reshape(-1, dim).astype(np.float32)
     raw /= np.linalg.norm(raw, axis=1, keepdims=True)
     return {i.path: raw[i.row] for i in items}
 

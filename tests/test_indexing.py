@@ -196,16 +196,24 @@ def test_an_old_catalog_row_never_lends_its_id(root, encoder):
 def test_a_catalog_of_an_older_schema_is_upgraded_on_open(root, encoder):
     import sqlite3
 
-    from index.catalog import MIGRATIONS
+    from index.migrations import MIGRATIONS
 
     run(root, encoder)
     path = default_dir(root) / "catalog.sqlite"
-    with sqlite3.connect(path) as db:  # undo the newest migration (capture times) by hand
-        db.execute("DROP INDEX items_taken")
-        for column in ("taken", "taken_offset", "taken_source", "camera"):
-            db.execute(f"ALTER TABLE items DROP COLUMN {column}")
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    columns = "id, path, size, mtime_ns, hash, width, height, status, error, row"
+    first = default_dir(root) / "first.sqlite"  # the catalog as the first schema held it
+    with sqlite3.connect(first) as db:
+        db.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+        db.execute("ATTACH ? AS now", (str(path),))
+        db.execute(f"INSERT INTO items SELECT {columns} FROM now.items")
+        db.execute("UPDATE meta SET value = (SELECT value FROM now.meta WHERE key = 'next_row') "
+                   "WHERE key = 'next_row'")  # fmt: skip
+        db.commit()
+        db.execute("DETACH now")
     db.close()
+    for leftover in default_dir(root).glob("catalog.sqlite-*"):
+        leftover.unlink()
+    first.replace(path)
     info = collection_info(default_dir(root))  # a read-only command
     assert (info.images, info.texts) == (5, 0)
     assert info.taken is not None and info.taken.unread == 5
