@@ -12,19 +12,59 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+
+class _Stderr:
+    """The rich console on stderr, made on first use: a command that prints only its results
+    (a search) never imports rich."""
+
+    _console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return getattr(self._console, name)
+
+
+class _App(typer.Typer):
+    """The typer app, run with only the invoked command built: typer turns each parameter of
+    every command into a click parameter before it parses anything."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = sys.argv[1] if len(sys.argv) > 1 else None
+        chosen = [c for c in self.registered_commands if c.name == name]
+        if args or kwargs or not chosen:
+            return super().__call__(*args, **kwargs)
+        only = typer.Typer(**self._settings)
+        only.registered_commands = chosen
+        only.callback(help=self.info.help)(_no_options)
+        return only()
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._settings = settings
+
+
+def _no_options() -> None:
+    """A group callback without options, so that the one command keeps its name."""
+
+
+app = _App(
     help="Search your photos by a sentence or by an example photo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err: Any = _Stderr()
 
 INDEX_HELP = "Collection directory (default: the nearest .retrieval/ at or above this folder)."
 IndexOption = typer.Option(None, "--index", envvar="RETRIEVAL_INDEX", help=INDEX_HELP)
@@ -795,6 +835,14 @@ def _info_dict(index: Path | None) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _progress_bar() -> Iterator[Progress]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -356,3 +356,40 @@ def test_tokenizing_imports_neither_torch_nor_open_clip() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def fresh_tables(tmp_path, monkeypatch):
+    """A cache directory of the test's own and no tables in memory; restored after."""
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path))
+    tokenizer_module._tables.cache_clear()
+    yield tmp_path
+    tokenizer_module._tables.cache_clear()
+
+
+def test_stored_tables_give_open_clips_ids(reference, fresh_tables, monkeypatch) -> None:
+    ClipTokenizer()  # builds the tables from the merges file and stores them
+    stored = list((fresh_tables / "tokenizer").iterdir())
+    assert len(stored) == 1
+    tokenizer_module._tables.cache_clear()
+
+    def no_build(path: Path) -> None:
+        raise AssertionError("the stored tables were not used")
+
+    monkeypatch.setattr(tokenizer_module, "_build_tables", no_build)
+    ours = ClipTokenizer()(CORPUS)
+    assert mismatches(ours, reference(CORPUS).numpy(), CORPUS) == []
+    _, ids, ranks = tokenizer_module._tables()
+    assert ids == reference.encoder
+    assert ranks == reference.bpe_ranks
+
+
+def test_damaged_stored_tables_are_rebuilt(reference, fresh_tables) -> None:
+    ClipTokenizer()
+    (stored,) = (fresh_tables / "tokenizer").iterdir()
+    stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
+    tokenizer_module._tables.cache_clear()
+    ours = ClipTokenizer()(CORPUS)
+    assert mismatches(ours, reference(CORPUS).numpy(), CORPUS) == []
+    tokenizer_module._tables.cache_clear()
+    assert tokenizer_module._read_stored_tables(stored) is not None  # whole again

@@ -4,9 +4,10 @@ ONNX runtime with its export cache, and the tokenizer.
     encoder = load_encoder(model_identity("ViT-B-32", "laion2b_s34b_b79k"))
     vectors = encoder.encode_texts(["a dog on a beach"])        # float32 (1, dim), L2-normalised
 
-Modules, each depending only on those listed before it: errors, identity, preprocess,
-tokenizer, torch_encoder, onnx_encoder, onnx_cache, onnx_export. Importing this package (or the
-ONNX query path: onnx_encoder, onnx_cache, tokenizer) imports neither torch nor open_clip.
+Modules, each depending only on those listed before it: errors, identity, weights_identity,
+preprocess, tokenizer, torch_encoder, onnx_encoder, onnx_cache, onnx_export. Importing this
+package (or the ONNX query path: weights_identity, onnx_encoder, onnx_cache, tokenizer) imports
+neither torch nor open_clip.
 """
 
 from __future__ import annotations
@@ -91,17 +92,25 @@ def load_onnx_encoder(
 ) -> OnnxEncoder:
     """An ONNX encoder for this model, exporting (and checking) its towers first if needed.
 
-    weights_hash: the model's weights hash from the collection's manifest; without it, torch
-    loads the model once to compute it. With it and a valid cached export, torch is not imported.
+    weights_hash: the model's weights hash from the collection's manifest (a state-dict hash
+    from before weights were identified by their file still finds its export). Without it, the
+    weights are identified by their file's bytes (weights_identity), and only a model whose
+    weights are no file (random weights, or a pretrained tag seen for the first time) is built
+    with torch to hash them. With a known hash and a valid cached export, neither torch nor
+    open_clip is imported.
     """
     from . import onnx_cache
+    from .weights_identity import known_weights_hash, remember_weights_hash
 
     if precision not in onnx_cache.PRECISIONS:
         raise ModelLoadError(f"unknown ONNX precision {precision!r}; use fp32 or int8")
     if weights_hash is None:
+        weights_hash = known_weights_hash(identity)
+    if weights_hash is None:
         from .onnx_export import model_weights_hash
 
         weights_hash = model_weights_hash(identity)
+        remember_weights_hash(identity, weights_hash)
     folder = onnx_cache.export_folder(identity, weights_hash)
     meta = onnx_cache.cached_meta(folder, precision, towers)
     if meta is None:

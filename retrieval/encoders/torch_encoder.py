@@ -22,7 +22,8 @@ from index.manifest import ModelIdentity
 from index.vectors import normalised
 
 from .errors import ModelLoadError
-from .identity import LOCAL_DIR, model_identity, weights_hash
+from .identity import LOCAL_DIR, model_identity
+from .identity import weights_hash as model_weights_hash
 from .preprocess import PreprocessCfg
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class TorchEncoder:
     def weights_hash(self) -> str:
         """SHA-256 of the weights (computed once, on first use): the key of cached exports."""
         if self._weights_hash is None:
-            self._weights_hash = weights_hash(self.model)
+            self._weights_hash = model_weights_hash(self.model)
         return self._weights_hash
 
     @property
@@ -185,18 +186,30 @@ def load_torch_encoder(identity: ModelIdentity, *, device: str, precision: str) 
         precision = "bf16" if device.startswith("cuda") else "fp32"
     if precision not in ("fp32", "bf16"):
         raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    from .weights_identity import known_weights_hash
+
     model, preprocess = create_model(identity)
-    return wrap_model(identity, model, preprocess, device=device, precision=precision)
+    return wrap_model(
+        identity, model, preprocess, device=device, precision=precision,
+        weights_hash=known_weights_hash(identity),
+    )  # fmt: skip
 
 
 def wrap_model(
-    identity: ModelIdentity, model: Any, preprocess: Any, *, device: str, precision: str
+    identity: ModelIdentity,
+    model: Any,
+    preprocess: Any,
+    *,
+    device: str,
+    precision: str,
+    weights_hash: str | None = None,
 ) -> TorchEncoder:
     """A TorchEncoder around an open_clip model and its eval transform (device already resolved).
 
     bf16 is autocast on CUDA; on a CPU the weights themselves become bf16, which a CPU with
     AMX or AVX-512 BF16 runs about three times faster than fp32 (autocast there is slower than
-    fp32: benchmarks/cpu_backends.py).
+    fp32: benchmarks/cpu_backends.py). weights_hash: the weights' identity if known (their
+    file's; see weights_identity), else the state dict's hash, computed when first asked for.
     """
     import torch
 
@@ -204,9 +217,9 @@ def wrap_model(
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     dim = probe_dim(model, device)
-    weights = None
+    weights = weights_hash
     if precision == "bf16" and not device.startswith("cuda"):
-        weights = weights_hash(model)  # of the weights as given: the key of cached exports
+        weights = weights or model_weights_hash(model)  # of the weights as given, not as bf16
         model = model.to(torch.bfloat16)
     import open_clip
 
