@@ -96,6 +96,7 @@ class Catalog:
                     )
             else:
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self._db.text_factory = _text
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
@@ -213,8 +214,9 @@ class Catalog:
             return [r[0] for r in self._db.execute("SELECT id FROM items WHERE status = 'ok'")]
         # '0' sorts right after '/', so this range is exactly the paths that start with prefix/.
         rows = self._db.execute(
-            "SELECT id FROM items WHERE status = 'ok' AND (path = ? OR (path >= ? AND path < ?))",
-            (prefix, prefix + "/", prefix + "0"),
+            f"SELECT id FROM items WHERE status = 'ok' AND (path = {_NAME} OR "
+            f"(path >= {_NAME} AND path < {_NAME}))",
+            (_name(prefix), _name(prefix + "/"), _name(prefix + "0")),
         )
         return [r[0] for r in rows]
 
@@ -271,11 +273,11 @@ class Catalog:
 
         A replaced path gets a new id, so a stale FAISS index can never return it by mistake.
         """
-        self._db.execute("DELETE FROM items WHERE path = ?", (path,))
+        self._db.execute(f"DELETE FROM items WHERE path = {_NAME}", (_name(path),))
         cursor = self._db.execute(
             "INSERT INTO items (path, size, mtime_ns, hash, width, height, status, error, row) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (path, size, mtime_ns, content_hash, width, height, STATUS_OK, row),
+            f"VALUES ({_NAME}, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            (_name(path), size, mtime_ns, content_hash, width, height, STATUS_OK, row),
         )
         self._bump()
         return int(cursor.lastrowid)
@@ -284,13 +286,13 @@ class Catalog:
         self, path: str, size: int, mtime_ns: int, content_hash: str | None, error: str
     ) -> None:
         changed = self._db.execute(
-            "SELECT status FROM items WHERE path = ?", (path,)
+            f"SELECT status FROM items WHERE path = {_NAME}", (_name(path),)
         ).fetchone() == (STATUS_OK,)
-        self._db.execute("DELETE FROM items WHERE path = ?", (path,))
+        self._db.execute(f"DELETE FROM items WHERE path = {_NAME}", (_name(path),))
         self._db.execute(
             "INSERT INTO items (path, size, mtime_ns, hash, status, error) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (path, size, mtime_ns, content_hash, STATUS_ERROR, error),
+            f"VALUES ({_NAME}, ?, ?, ?, ?, ?)",
+            (_name(path), size, mtime_ns, content_hash, STATUS_ERROR, error),
         )
         if changed:
             self._bump()
@@ -304,8 +306,8 @@ class Catalog:
     def move(self, item_id: int, path: str, size: int, mtime_ns: int) -> None:
         """Give an item a new path (a rename); its id and embedding stay."""
         self._db.execute(
-            "UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
-            (path, size, mtime_ns, item_id),
+            f"UPDATE items SET path = {_NAME}, size = ?, mtime_ns = ? WHERE id = ?",
+            (_name(path), size, mtime_ns, item_id),
         )
 
     def delete(self, ids: Iterable[int]) -> None:
@@ -318,7 +320,25 @@ class Catalog:
 
 def _connect_readonly(uri: str) -> sqlite3.Connection:
     # A reader may be shared by threads that take turns (the web app serialises its reads).
-    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+    db.text_factory = _text
+    return db
+
+
+# -- file names that are not UTF-8 ------------------------------------------------------------
+# A path is stored as the file name's own bytes, as TEXT: for a UTF-8 name (every row written
+# before) exactly what was stored before; for another name (Python's surrogateescape str, as
+# os.scandir gives it) the raw bytes, which SQLite keeps and compares as they are. Bound as
+# bytes and cast, since Python's sqlite3 encodes a str strictly; read back with surrogateescape.
+_NAME = "CAST(? AS TEXT)"
+
+
+def _name(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _split_sql(script: str) -> list[str]:

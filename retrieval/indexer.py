@@ -21,14 +21,14 @@ from index.collection import Collection, default_dir, find_collection
 from index.errors import CollectionError
 from index.manifest import ModelIdentity
 
-from .encoders import load_encoder
+from .encoders import choose_backend, load_encoder
 from .encoders.identity import DEFAULT_MODEL
 from .encoders.torch_encoder import Encoder
 from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
 from .pipeline import Decoded, decode_files
-from .scan import FileInfo, ScanProblem, scan, stat_files
+from .scan import FileInfo, ScanProblem, out_of_sight, scan, stat_files
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,8 @@ def index_folder(
         raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
     if decode not in DECODERS:
         raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+    if decode == "gpu" and encoder is None and choose_backend(backend, device) != "torch":
+        raise RetrievalError(GPU_DECODE_NEEDS)  # before anything is loaded or created
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     if (directory / "manifest.json").is_file():
         collection = Collection.open(directory)
@@ -162,6 +164,7 @@ def index_folder(
         identity = model or DEFAULT_MODEL
         if encoder is None:
             encoder = load_encoder(identity, device=device, precision=precision, backend=backend)
+        jpeg_decoder(decode, encoder)  # refuses a --decode the encoder cannot serve: no folder yet
         collection = Collection.create(
             directory,
             root=root,
@@ -203,6 +206,9 @@ def index_folder(
 
 
 DECODERS = ("auto", "cpu", "gpu")
+GPU_DECODE_NEEDS = (
+    "--decode gpu needs the torch backend on a CUDA device (--device cuda); use --decode cpu here"
+)
 
 
 def default_batch_size(encoder: Encoder) -> int:
@@ -217,10 +223,7 @@ def jpeg_decoder(decode: str, encoder: Encoder) -> JpegDecoder | None:
         return None  # auto: the CPU, until benchmarks/gpu_check.sh shows nvJPEG ahead
     device = str(getattr(encoder, "device", "cpu"))
     if encoder.backend != "torch" or not device.startswith("cuda"):
-        raise RetrievalError(
-            "--decode gpu needs the torch backend on a CUDA device (--device cuda); "
-            "use --decode cpu here"
-        )
+        raise RetrievalError(GPU_DECODE_NEEDS)
     interpolation = encoder.preprocess_cfg.get("interpolation", "bicubic")
     resize_mode = encoder.preprocess_cfg.get("resize_mode", "shortest")
     if interpolation != "bicubic" or resize_mode not in ("shortest", "squash"):
@@ -282,8 +285,7 @@ class _IndexRun:
             files = list(stat_files(self.root, paths, problems))
         self.progress(IndexProgress("scan", len(files), len(files)))
         todo = self._plan(files)
-        for problem in problems:
-            self._skip(SkippedFile(problem.path, problem.error))
+        self._record_problems(problems)
         if todo:
             self._process(todo)
         self._remove_missing()
@@ -451,6 +453,26 @@ class _IndexRun:
     def _skip(self, skipped: SkippedFile) -> None:
         self.report.skipped.append(skipped)
         self.progress(IndexProgress("skip", 0, 0, skipped))
+
+    # -- what the scan could not look at ------------------------------------------------------
+
+    def _record_problems(self, problems: list[ScanProblem]) -> None:
+        """Record each scan problem as a skipped entry, so that `info` lists it, and keep what an
+        unreadable folder holds: it is out of sight, not gone."""
+        if not problems:
+            return
+        self.missing = {
+            i: item for i, item in self.missing.items() if not out_of_sight(item.path, problems)
+        }
+        with self.catalog.transaction():
+            for problem in problems:
+                old = self.by_path.get(problem.path)
+                if old is not None and old.status != STATUS_OK and old.error == problem.error:
+                    self.report.skipped.append(SkippedFile(problem.path, problem.error, new=False))
+                    continue
+                self.catalog.put_error(problem.path, 0, 0, None, problem.error)
+                self.report.removed += old is not None and old.status == STATUS_OK
+                self._skip(SkippedFile(problem.path, problem.error))
 
     def _remove_missing(self) -> None:
         if not self.missing:

@@ -10,6 +10,7 @@ from index.collection import FAISS_INDEX, Collection, find_collection
 from index.manifest import ModelIdentity
 
 from .indexer import SkippedFile
+from .scan import printable
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,11 @@ class CollectionInfo:
     skipped: list[SkippedFile] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain-JSON form that `info --json` prints and the web app's /api/info returns."""
+        """The plain-JSON form that `info --json` prints and the web app's /api/info returns.
+        Paths are in their printable form (a name that is not UTF-8 escaped)."""
         return {
-            "collection": str(self.directory),
-            "root": str(self.root),
+            "collection": printable(str(self.directory)),
+            "root": printable(str(self.root)),
             "model": self.model.name,
             "pretrained": self.model.pretrained,
             "dim": self.dim,
@@ -52,7 +54,7 @@ class CollectionInfo:
             "precision": self.precision,
             "images": self.images,
             "texts": self.texts,
-            "skipped": [{"path": s.path, "error": s.error} for s in self.skipped],
+            "skipped": [{"path": printable(s.path), "error": s.error} for s in self.skipped],
             "bytes_on_disk": self.bytes_on_disk,
         }
 
