@@ -27,8 +27,16 @@ async function api(url, options) {
   return body;
 }
 
-function folderParam() {
-  return folder.value.trim() ? `&folder=${encodeURIComponent(folder.value.trim())}` : "";
+// Every value put into a URL goes through encodeURIComponent or URLSearchParams: a value
+// from the address bar (?similar=...) or from a file name is never trusted to be URL-safe.
+function query(params) {
+  const search = new URLSearchParams(params);
+  if (folder.value.trim()) search.set("folder", folder.value.trim());
+  return `?${search}`;
+}
+
+function itemUrl(id, what = "") {
+  return `/api/items/${encodeURIComponent(id)}${what}`;
 }
 
 function show(found, what, started, k, more) {
@@ -47,7 +55,7 @@ function tile(hit, index) {
   button.dataset.id = hit.id;
   button.title = hit.path;
   const img = document.createElement("img");
-  img.src = `/api/items/${hit.id}/thumbnail`;
+  img.src = itemUrl(hit.id, "/thumbnail");
   img.alt = hit.path;
   img.loading = "lazy";
   img.decoding = "async";
@@ -72,10 +80,10 @@ async function run(kind, value, push = true, k = K) {
   try {
     let found, what;
     if (kind === "q") {
-      found = await api(`/api/search?q=${encodeURIComponent(value)}&k=${k}${folderParam()}`);
+      found = await api(`/api/search${query({ q: value, k })}`);
       what = `for “${value}”`;
     } else {
-      found = await api(`/api/items/${value}/similar?k=${k}${folderParam()}`);
+      found = await api(`${itemUrl(value, "/similar")}${query({ k })}`);
       what = "like the chosen one";
     }
     if (push) remember(kind, value);
@@ -126,10 +134,10 @@ async function view(index) {
   if (index < 0 || index >= hits.length) return;
   open = index;
   const hit = hits[index];
-  viewerImage.src = `/api/items/${hit.id}/image`;
+  viewerImage.src = itemUrl(hit.id, "/image");
   viewerImage.alt = hit.path;
   $("viewer-path").textContent = hit.path;
-  $("viewer-path").href = `/api/items/${hit.id}/image`;
+  $("viewer-path").href = itemUrl(hit.id, "/image");
   $("viewer-score").textContent = `score ${hit.score.toFixed(3)}`;
   $("viewer-size").textContent = "";
   $("prev").disabled = index === 0;
@@ -137,7 +145,7 @@ async function view(index) {
   tags.replaceChildren();
   if (!viewer.open) viewer.showModal();
   $("more").focus();
-  api(`/api/items/${hit.id}`).then((item) => {
+  api(itemUrl(hit.id)).then((item) => {
     if (open === index && item.width) $("viewer-size").textContent = `${item.width}×${item.height}`;
   }).catch(() => {});
   showTags(hit, index);
@@ -145,7 +153,7 @@ async function view(index) {
 
 async function showTags(hit, index) {
   try {
-    const found = await api(`/api/items/${hit.id}/describe?k=5`);
+    const found = await api(`${itemUrl(hit.id, "/describe")}?k=5`);
     if (open !== index || !viewer.open) return;
     tags.replaceChildren(...found.map((tag) => {
       const li = document.createElement("li");
