@@ -276,7 +276,8 @@ def search_command(
             print(f"{hit.rank:>3}  {hit.score:.4f}  {shown}")
     if escaped and paths and not as_json:
         err.print(
-            f"warning: {escaped} of the paths are shown escaped (\\xNN, \\n); -0 prints them exactly"
+            f"warning: {escaped} of the paths are shown escaped (\\xNN, \\n); "
+            "-0 prints them exactly"
         )
     if not hits and not as_json and not paths:
         err.print("no results")

@@ -138,10 +138,7 @@ def index_folder(
         raise RetrievalError(f"--batch-size must be at least 1, not {batch_size}")
     if embedding_dtype not in (None, "float16", "float32"):
         raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
-    if decode not in DECODERS:
-        raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
-    if decode == "gpu" and encoder is None and choose_backend(backend, device) != "torch":
-        raise RetrievalError(GPU_DECODE_NEEDS)  # before anything is loaded or created
+    _check_decode(decode, device, backend, encoder)
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     if (directory / "manifest.json").is_file():
         collection = Collection.open(directory)
@@ -209,6 +206,14 @@ DECODERS = ("auto", "cpu", "gpu")
 GPU_DECODE_NEEDS = (
     "--decode gpu needs the torch backend on a CUDA device (--device cuda); use --decode cpu here"
 )
+
+
+def _check_decode(decode: str, device: str, backend: str, encoder: Encoder | None) -> None:
+    """Refuse a --decode that cannot be had before anything is loaded or created."""
+    if decode not in DECODERS:
+        raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+    if decode == "gpu" and encoder is None and choose_backend(backend, device) != "torch":
+        raise RetrievalError(GPU_DECODE_NEEDS)
 
 
 def default_batch_size(encoder: Encoder) -> int:
