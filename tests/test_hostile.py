@@ -19,7 +19,7 @@ from conftest import photo, write_photos
 
 from index.atomic import write_bytes_atomic
 from index.collection import default_dir
-from retrieval.errors import ImageReadError
+from retrieval.errors import ImageReadError, RetrievalError
 from retrieval.images import read_image_file
 from retrieval.indexer import index_folder
 from retrieval.info import collection_info
@@ -304,14 +304,16 @@ def test_train_out_naming_a_file_is_a_one_line_error(tmp_path):
     assert (tmp_path / "model").read_text() == "my notes"
 
 
-def test_decode_gpu_without_cuda_creates_no_collection(tmp_path, tiny_model):
+def test_decode_gpu_without_cuda_creates_no_collection(tmp_path, tiny_model, encoder):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     write_photos(tmp_path / "p", ["a.jpg"])
-    for extra in [(), ("--device", "cpu", "--backend", "torch")]:
-        process = cli("index", str(tmp_path / "p"), "--model", tiny_model.name, "--decode", "gpu",
-                      *extra)  # fmt: skip
-        assert process.returncode == 1, process.stderr
-        assert b"--decode gpu needs the torch backend on a CUDA device" in process.stderr
-        assert not (tmp_path / "p" / ".retrieval").exists()
+    process = cli("index", str(tmp_path / "p"), "--model", tiny_model.name, "--decode", "gpu")
+    assert process.returncode == 1, process.stderr
+    assert b"--decode gpu needs the torch backend on a CUDA device" in process.stderr
+    assert not (tmp_path / "p" / ".retrieval").exists()
+    # With a torch encoder on the CPU in hand: refused the same way, still before creating.
+    with pytest.raises(RetrievalError, match="--decode gpu needs the torch backend"):
+        index_folder(tmp_path / "p", model=encoder.identity, encoder=encoder, decode="gpu")
+    assert not (tmp_path / "p" / ".retrieval").exists()
