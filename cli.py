@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,11 @@ class _Stderr:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+            # User text (file names, queries, messages) is printed as it is: no [markup], no
+            # :emoji: codes.
+            self._console = Console(
+                stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False
+            )
         return getattr(self._console, name)
 
 
@@ -65,11 +71,29 @@ app = _App(
     pretty_exceptions_enable=False,
 )
 err: Any = _Stderr()
+MAX_RESULTS = 1_000_000
+"""The most results -k may ask for (each costs memory before the collection's size is known)."""
+SPLITS = ("test", "val", "train")
+
+
+def _check_device(value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise typer.BadParameter(f"unknown device {value!r}; use auto, cpu or cuda")
+
+
+def _check_split(value: str) -> str:
+    if value not in SPLITS:
+        raise typer.BadParameter(f"unknown split {value!r}; use {', '.join(SPLITS)}")
+    return value
+
 
 INDEX_HELP = "Collection directory (default: the nearest .retrieval/ at or above this folder)."
 IndexOption = typer.Option(None, "--index", envvar="RETRIEVAL_INDEX", help=INDEX_HELP)
 JsonOption = typer.Option(False, "--json", help="Print JSON objects, one per line.")
-DeviceOption = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+DeviceOption = typer.Option(
+    "auto", "--device", help="auto, cpu or cuda (cuda:N for one GPU).", callback=_check_device
+)
 PrecisionOption = typer.Option(
     "auto",
     "--precision",
@@ -91,7 +115,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (RetrievalError, CollectionError) as e:
-        err.print(f"error: {e}", markup=False)
+        err.print(f"error: {_escaped(str(e))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("interrupted; what was committed is kept, run the command again to go on")
@@ -100,6 +124,18 @@ def user_errors() -> Iterator[None]:
 
 def emit_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def _shown(path: object) -> str:
+    """A path as printed: names that are not UTF-8, and control characters, escaped."""
+    from retrieval.scan import printable
+
+    return printable(str(path))
+
+
+def _escaped(message: str) -> str:
+    """A message with the bytes of a name that is not UTF-8 as \\xNN (the rest as it is)."""
+    return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _model(model: str | None, pretrained: str | None) -> Any:
@@ -162,9 +198,7 @@ def index_command(
 
         def on_progress(event: IndexProgress) -> None:
             if event.phase == "skip" and event.skipped is not None:
-                bar.console.print(
-                    f"skipped {event.skipped.path}: {event.skipped.error}", markup=False
-                )
+                bar.console.print(f"skipped {_shown(event.skipped.path)}: {event.skipped.error}")
             elif event.phase == "scan":
                 bar.update(task, description=f"found {event.total} images", total=None)
             elif event.phase == "encode":
@@ -188,14 +222,14 @@ def index_command(
             embedding_dtype=embeddings,
         )
     summary = {
-        "root": str(report.root),
-        "collection": str(report.collection),
+        "root": _shown(report.root),
+        "collection": _shown(report.collection),
         "added": report.added,
         "updated": report.updated,
         "renamed": report.renamed,
         "removed": report.removed,
         "unchanged": report.unchanged,
-        "skipped": [{"path": s.path, "error": s.error} for s in report.skipped],
+        "skipped": [{"path": _shown(s.path), "error": s.error} for s in report.skipped],
         "encoded": report.encoded,
         "dated": report.dated,
         "compacted": report.compacted,
@@ -210,7 +244,7 @@ def index_command(
         f" ({new_skips} new)" if new_skips != len(report.skipped) else ""
     )
     print(
-        f"{report.root}: {report.added} added, {report.updated} updated, "
+        f"{_shown(report.root)}: {report.added} added, {report.updated} updated, "
         f"{report.renamed} renamed, {report.removed} removed, {report.unchanged} unchanged, "
         f"{skipped}"
     )
@@ -259,12 +293,16 @@ def search_command(
     negative: list[str] = typer.Option(
         [], "--not", help="A text or image file to steer away from; repeat for several."
     ),
-    k: int = typer.Option(10, "-k", "--k", min=1, help="How many results."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=MAX_RESULTS, help="How many results."),
     under: str | None = typer.Option(
         None, "--under", help="Only results in this folder (inside the indexed root)."
     ),
     min_score: float | None = typer.Option(
-        None, "--min-score", help="Only results scoring at least this (cosine, -1..1)."
+        None,
+        "--min-score",
+        min=-1.0,
+        max=1.0,
+        help="Only results scoring at least this (cosine, -1..1).",
     ),
     taken_after: str | None = _date_option("--taken-after", "Only photos taken from the start of"),
     taken_before: str | None = _date_option("--taken-before", "Only photos taken up to the end of"),
@@ -276,7 +314,18 @@ def search_command(
     device: str = DeviceOption,
     backend: str = BackendOption,
     precision: str = PrecisionOption,
-    paths: bool = typer.Option(False, "--paths", help="Print only paths, one per line."),
+    paths: bool = typer.Option(
+        False,
+        "--paths",
+        help="Print only paths, one per line (a name with a newline or bytes that are not UTF-8 "
+        "is shown escaped; use -0 for exact names).",
+    ),
+    null: bool = typer.Option(
+        False,
+        "-0",
+        "--null",
+        help="Print only paths, each ended by a NUL byte and exactly as on disk (for xargs -0).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Search a collection by text, by example images, or both."""
@@ -290,14 +339,25 @@ def search_command(
         ) as searcher:  # fmt: skip
             hits = searcher.search(terms, k=k, under=under, min_score=min_score,
                                    taken_after=taken_after, taken_before=taken_before)  # fmt: skip
+    if null and not as_json:
+        sys.stdout.buffer.write(b"".join(os.fsencode(hit.path) + b"\0" for hit in hits))
+        return
+    escaped = 0
     for hit in hits:
+        shown = _shown(hit.path)
+        escaped += shown != str(hit.path)
         if as_json:
-            emit_json({"rank": hit.rank, "score": round(hit.score, 6), "path": str(hit.path),
+            emit_json({"rank": hit.rank, "score": round(hit.score, 6), "path": shown,
                        "id": hit.id})  # fmt: skip
         elif paths:
-            print(hit.path)
+            print(shown)
         else:
-            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}")
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {shown}")
+    if escaped and paths and not as_json:
+        err.print(
+            f"warning: {escaped} of the paths are shown escaped (\\xNN, \\n); "
+            "-0 prints them exactly"
+        )
     if not hits and not as_json and not paths:
         err.print("no results")
 
@@ -334,7 +394,7 @@ def add_texts_command(
 @app.command("describe")
 def describe_command(
     image: Path = typer.Argument(..., help="The image to describe."),
-    k: int = typer.Option(5, "-k", "--k", min=1, help="How many texts."),
+    k: int = typer.Option(5, "-k", "--k", min=1, max=MAX_RESULTS, help="How many texts."),
     source: str = typer.Option(
         "auto",
         "--source",
@@ -406,7 +466,7 @@ def bench_command(
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip model (default ViT-B-32)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help="Tag for --model."),
-    split: str = typer.Option("test", "--split", help="test, val or train."),
+    split: str = typer.Option("test", "--split", help="test, val or train.", callback=_check_split),
     ks: list[str] = typer.Option(
         ["1,5,10"], "--k", help="Recall cut-offs: --k 1,5,10 or --k 1 --k 5 (default 1,5,10)."
     ),
@@ -431,6 +491,7 @@ def bench_command(
     from retrieval.eval.datasets import load_dataset
 
     with user_errors():
+        _output_folder(out)
         cutoffs = _parse_ks(ks)
         data = load_dataset(dataset, split=split, images_dir=images_dir)
         report = run_benchmark(
@@ -468,6 +529,14 @@ def bench_command(
         print(f"wrote {out}/recall.json, recall.png and the embeddings")
 
 
+def _output_folder(out: Path | None) -> None:
+    """Refuse an --out that names a file (or anything but a folder) before any work is done."""
+    from retrieval.errors import RetrievalError
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise RetrievalError(f"--out {out} is a file, not a folder; name a new or existing folder")
+
+
 def _parse_ks(values: list[str]) -> list[int]:
     try:
         ks = [int(v) for value in values for v in value.replace(",", " ").split()]
@@ -501,7 +570,9 @@ def train_command(
     lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
     loss: str = typer.Option("clip", "--loss", help="clip (InfoNCE) or siglip (sigmoid)."),
     precision: str = PrecisionOption,
-    split: str = typer.Option("train", "--split", help="The dataset split to train on."),
+    split: str = typer.Option(
+        "train", "--split", help="The split to train on: train, val or test.", callback=_check_split
+    ),
     val_split: float = typer.Option(
         0.1, "--val-split", help="Share of the images held out for validation recall."
     ),
@@ -519,6 +590,7 @@ def train_command(
     from retrieval.training import TrainConfig, train
 
     with user_errors():
+        _output_folder(out)
         if epochs is None and steps is None:
             epochs = 1
         config = TrainConfig(
@@ -584,6 +656,7 @@ def demo_command(
     from retrieval.demo import run_demo
 
     with user_errors():
+        _output_folder(out)
         report = run_demo(out, epochs=epochs, progress=_training_progress(),
                           say=lambda line: err.print(line, markup=False))  # fmt: skip
     for query, picture, hits in report.searches:

@@ -17,7 +17,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file 0600; the target gets the mode any new file would (0644 mostly).
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -37,6 +41,21 @@ def write_with_atomic(target: Path, writer: Callable[[str], None]) -> None:
     """Call writer(temporary_path) and move its output onto target atomically."""
     with atomic_path(target) as tmp:
         writer(str(tmp))
+
+
+def _umask() -> int:
+    """The process's umask, from /proc where there is one: os.umask reads it only by setting
+    it, which for a moment changes it for every thread."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            masks = [int(line.split()[1], 8) for line in status if line.startswith("Umask:")]
+    except OSError:
+        masks = []
+    if masks:
+        return masks[0]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

@@ -74,6 +74,7 @@ class Catalog(CaptureColumns):
                     )
             else:
                 connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                connection.text_factory = _text
                 self._db = Database(connection, self.path)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
@@ -147,7 +148,9 @@ class Catalog(CaptureColumns):
 
     def error_stat(self, path: str) -> tuple[int | None, int | None]:
         """(ctime_ns, mode) recorded for a file skipped as unreadable."""
-        row = self._db.execute("SELECT ctime_ns, mode FROM items WHERE path = ?", (path,))
+        row = self._db.execute(
+            f"SELECT ctime_ns, mode FROM items WHERE path = {_NAME}", (_name(path),)
+        )
         return row.fetchone() or (None, None)
 
     def items(self) -> list[Item]:
@@ -207,8 +210,9 @@ class Catalog(CaptureColumns):
             return [r[0] for r in self._db.execute("SELECT id FROM items WHERE status = 'ok'")]
         # '0' sorts right after '/', so this range is exactly the paths that start with prefix/.
         rows = self._db.execute(
-            "SELECT id FROM items WHERE status = 'ok' AND (path = ? OR (path >= ? AND path < ?))",
-            (prefix, prefix + "/", prefix + "0"),
+            f"SELECT id FROM items WHERE status = 'ok' AND (path = {_NAME} OR "
+            f"(path >= {_NAME} AND path < {_NAME}))",
+            (_name(prefix), _name(prefix + "/"), _name(prefix + "0")),
         )
         return [r[0] for r in rows]
 
@@ -265,11 +269,11 @@ class Catalog(CaptureColumns):
 
         A replaced path gets a new id, so a stale FAISS index can never return it by mistake.
         """
-        self._db.execute("DELETE FROM items WHERE path = ?", (path,))
+        self._db.execute(f"DELETE FROM items WHERE path = {_NAME}", (_name(path),))
         cursor = self._db.execute(
             "INSERT INTO items (path, size, mtime_ns, hash, width, height, status, error, row) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (path, size, mtime_ns, content_hash, width, height, STATUS_OK, row),
+            f"VALUES ({_NAME}, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            (_name(path), size, mtime_ns, content_hash, width, height, STATUS_OK, row),
         )
         self._bump()
         return int(cursor.lastrowid)
@@ -288,13 +292,13 @@ class Catalog(CaptureColumns):
         """Record a file that cannot be read; its ctime and mode tell when a chmod (which
         leaves the mtime) may have made it readable."""
         changed = self._db.execute(
-            "SELECT status FROM items WHERE path = ?", (path,)
+            f"SELECT status FROM items WHERE path = {_NAME}", (_name(path),)
         ).fetchone() == (STATUS_OK,)
-        self._db.execute("DELETE FROM items WHERE path = ?", (path,))
+        self._db.execute(f"DELETE FROM items WHERE path = {_NAME}", (_name(path),))
         self._db.execute(
             "INSERT INTO items (path, size, mtime_ns, hash, status, error, ctime_ns, mode) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (path, size, mtime_ns, content_hash, STATUS_ERROR, error, ctime_ns, mode),
+            f"VALUES ({_NAME}, ?, ?, ?, ?, ?, ?, ?)",
+            (_name(path), size, mtime_ns, content_hash, STATUS_ERROR, error, ctime_ns, mode),
         )
         if changed:
             self._bump()
@@ -308,8 +312,8 @@ class Catalog(CaptureColumns):
     def move(self, item_id: int, path: str, size: int, mtime_ns: int) -> None:
         """Give an item a new path (a rename); its id and embedding stay."""
         self._db.execute(
-            "UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
-            (path, size, mtime_ns, item_id),
+            f"UPDATE items SET path = {_NAME}, size = ?, mtime_ns = ? WHERE id = ?",
+            (_name(path), size, mtime_ns, item_id),
         )
 
     def set_meta(self, key: str, value: str) -> None:
@@ -354,7 +358,24 @@ def _connect_readonly(uri: str, path: Path) -> Database:
     connection = sqlite3.connect(
         uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
     )
+    connection.text_factory = _text
     return Database(connection, path)
+
+
+# -- file names that are not UTF-8 ------------------------------------------------------------
+# A path is stored as the file name's own bytes, as TEXT: for a UTF-8 name (every row written
+# before) exactly what was stored before; for another name (Python's surrogateescape str, as
+# os.scandir gives it) the raw bytes, which SQLite keeps and compares as they are. Bound as
+# bytes and cast, since Python's sqlite3 encodes a str strictly; read back with surrogateescape.
+_NAME = "CAST(? AS TEXT)"
+
+
+def _name(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _split_sql(script: str) -> list[str]:

@@ -8,6 +8,8 @@ costs one line in a report and nothing more.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -143,3 +145,48 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0
     grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFDIR: "folder",
+}
+
+
+def read_image_file(path: Path, name: str | None = None) -> bytes:
+    """The bytes of a regular file (symlinks followed), never more than its size when opened.
+
+    Anything else (a FIFO, a device, a socket) is refused without being opened, since reading
+    one can block for ever or never end; a file that grows while it is read is read up to the
+    size it had. Raises ImageReadError naming the file and the reason.
+    """
+    label = name or str(path)
+    try:
+        _require_regular(os.stat(path), label)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            opened = os.fstat(fd)
+            _require_regular(opened, label)  # replaced between the stat and the open
+            chunks = []
+            left = opened.st_size
+            while left > 0 and (chunk := os.read(fd, left)):
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+    except PermissionError as e:
+        raise ImageReadError(
+            label, "permission denied; make the file readable and index again"
+        ) from e
+    except OSError as e:
+        raise ImageReadError(label, f"cannot read ({e.strerror or e})") from e
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _require_regular(info: os.stat_result, label: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "special file")
+        raise ImageReadError(label, f"not a regular file: {kind}")

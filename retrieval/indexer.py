@@ -29,10 +29,11 @@ from .encoders.protocol import Encoder
 from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
+from .index_checks import GPU_DECODE_NEEDS, check_collection, check_decode, check_options
 from .pipeline import Decoded, decode_files
 from .reports import IndexProgress, IndexReport, ProgressCallback, SkippedFile
 from .revisit import change_stat, must_read
-from .scan import FileInfo, ScanProblem, scan, stat_files
+from .scan import FileInfo, ScanProblem, out_of_sight, scan, stat_files
 from .upkeep import reindex  # noqa: F401 (its home before `check` and `compact` joined it)
 
 
@@ -74,7 +75,8 @@ def index_folder(
     encoding, so re-indexing an unchanged folder costs one stat per file.
     """
     root = Path(root).expanduser().resolve()
-    _check_options(root, batch_size, embedding_dtype, decode)
+    check_options(root, batch_size, embedding_dtype)
+    check_decode(decode, device, backend, encoder)
     directory = Path(collection_dir).expanduser().resolve() if collection_dir else default_dir(root)
     created = None  # the encoder of a new collection, which the collection records
     if not Collection.exists(directory):
@@ -82,6 +84,7 @@ def index_folder(
         created = encoder = encoder or load_encoder(
             model or DEFAULT_MODEL, device=device, precision=precision, backend=backend
         )
+        jpeg_decoder(decode, encoder)  # refuses a --decode it cannot serve: no folder yet
     collection = Collection.open_or_create(
         directory,
         root=root,
@@ -99,7 +102,7 @@ def index_folder(
         return encoder
 
     with collection:
-        _check_collection(collection, root, embedding_dtype)
+        check_collection(collection, root, embedding_dtype)
         with collection.locked():
             if created is not None:
                 collection.record_encoder(
@@ -115,35 +118,6 @@ def index_folder(
                 raise
 
 
-def _check_options(root: Path, batch: int | None, embedding_dtype: str | None, decode: str) -> None:
-    if not root.is_dir():
-        raise RetrievalError(f"{root} is not a folder; give the folder of photos to index")
-    if batch is not None and batch < 1:
-        raise RetrievalError(f"--batch-size must be at least 1, not {batch}")
-    if embedding_dtype not in (None, "float16", "float32"):
-        raise RetrievalError(f"--embeddings must be float16 or float32, not {embedding_dtype!r}")
-    if decode not in DECODERS:
-        raise RetrievalError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
-
-
-def _check_collection(collection: Collection, root: Path, embedding_dtype: str | None) -> None:
-    """Refuse to index another folder, or at another precision, into an existing collection."""
-    stored = collection.manifest.embedding_dtype
-    if embedding_dtype is not None and embedding_dtype != stored:
-        raise RetrievalError(
-            f"the collection in {collection.dir} stores {stored} embeddings, not "
-            f"{embedding_dtype}; name another --index for a {embedding_dtype} collection"
-        )
-    if collection.root != root:
-        raise RetrievalError(
-            f"the collection in {collection.dir} indexes {collection.root}, not {root}; "
-            "name another --index for this folder"
-        )
-
-
-DECODERS = ("auto", "cpu", "gpu")
-
-
 def default_batch_size(encoder: Encoder) -> int:
     """32 images a call on a CPU; 256 on a GPU, whose encoder halves a batch that runs out of
     memory and keeps to the size that fitted."""
@@ -156,10 +130,7 @@ def jpeg_decoder(decode: str, encoder: Encoder) -> JpegDecoder | None:
         return None  # auto: the CPU, until benchmarks/gpu_check.sh shows nvJPEG ahead
     device = str(getattr(encoder, "device", "cpu"))
     if encoder.backend != "torch" or not device.startswith("cuda"):
-        raise RetrievalError(
-            "--decode gpu needs the torch backend on a CUDA device (--device cuda); "
-            "use --decode cpu here"
-        )
+        raise RetrievalError(GPU_DECODE_NEEDS)
     interpolation = encoder.preprocess_cfg.get("interpolation", "bicubic")
     resize_mode = encoder.preprocess_cfg.get("resize_mode", "shortest")
     if interpolation != "bicubic" or resize_mode not in ("shortest", "squash"):
@@ -213,8 +184,7 @@ class _IndexRun:
             files = list(stat_files(self.root, paths, problems))
         self.progress(IndexProgress("scan", len(files), len(files)))
         todo = self._plan(files)
-        for problem in problems:
-            self._skip(SkippedFile(problem.path, problem.error))
+        self._record_problems(problems)
         if todo:
             self._process(todo)
         self._remove_missing()
@@ -378,6 +348,26 @@ class _IndexRun:
     def _skip(self, skipped: SkippedFile) -> None:
         self.report.skipped.append(skipped)
         self.progress(IndexProgress("skip", 0, 0, skipped))
+
+    # -- what the scan could not look at ------------------------------------------------------
+
+    def _record_problems(self, problems: list[ScanProblem]) -> None:
+        """Record each scan problem as a skipped entry, so that `info` lists it, and keep what an
+        unreadable folder holds: it is out of sight, not gone."""
+        if not problems:
+            return
+        self.missing = {
+            i: item for i, item in self.missing.items() if not out_of_sight(item.path, problems)
+        }
+        with self.catalog.transaction():
+            for problem in problems:
+                old = self.by_path.get(problem.path)
+                if old is not None and old.status != STATUS_OK and old.error == problem.error:
+                    self.report.skipped.append(SkippedFile(problem.path, problem.error, new=False))
+                    continue
+                self.catalog.put_error(problem.path, 0, 0, None, problem.error)
+                self.report.removed += old is not None and old.status == STATUS_OK
+                self._skip(SkippedFile(problem.path, problem.error))
 
     def _remove_missing(self) -> None:
         if not self.missing:

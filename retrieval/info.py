@@ -13,6 +13,7 @@ from index.manifest import ModelIdentity
 
 from .dates import local_time
 from .reports import SkippedFile
+from .scan import printable
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ class CollectionInfo:
     """When the images were taken: the span and how many times came from each source."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain-JSON form that `info --json` prints and the web app's /api/info returns."""
+        """The plain-JSON form that `info --json` prints and the web app's /api/info returns.
+        Paths are in their printable form (a name that is not UTF-8 escaped)."""
         return {
-            "collection": str(self.directory),
-            "root": str(self.root),
+            "collection": printable(str(self.directory)),
+            "root": printable(str(self.root)),
             "model": self.model.name,
             "pretrained": self.model.pretrained,
             "dim": self.dim,
@@ -57,7 +59,7 @@ class CollectionInfo:
             "precision": self.precision,
             "images": self.images,
             "texts": self.texts,
-            "skipped": [{"path": s.path, "error": s.error} for s in self.skipped],
+            "skipped": [{"path": printable(s.path), "error": s.error} for s in self.skipped],
             "bytes_on_disk": self.bytes_on_disk,
             "taken": _span_dict(self.taken),
         }

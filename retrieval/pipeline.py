@@ -23,7 +23,7 @@ from index.capture import CaptureTime
 from .capture import capture_from_bytes, capture_from_image
 from .errors import ImageReadError
 from .gpu_decode import JpegHeader, read_header
-from .images import DEFAULT_MAX_PIXELS, decode_image
+from .images import DEFAULT_MAX_PIXELS, decode_image, read_image_file
 from .scan import FileInfo
 
 
@@ -111,11 +111,9 @@ def _decode_one(
     jpeg_to_device: bool = False,
 ) -> Decoded:
     try:
-        data = (root / file.path).read_bytes()
-    except PermissionError:
-        return Decoded(file, error="permission denied; make the file readable and index again")
-    except OSError as e:
-        return Decoded(file, error=f"cannot read ({e.strerror or e})")
+        data = read_image_file(root / file.path, file.path)
+    except ImageReadError as e:
+        return Decoded(file, error=e.reason)
     if not data:
         return Decoded(file, error="empty file (0 bytes)")
     digest = content_hash(data)

@@ -1,9 +1,15 @@
-"""Finding image files under a root: recursive, hidden entries skipped, no symlink loops."""
+"""Finding image files under a root: recursive, hidden entries skipped, no symlink loops.
+
+Names are kept as the file system gives them: a name that is not UTF-8 is a str holding
+surrogate escapes (os.fsencode gives its bytes back). `printable` is the form to show.
+"""
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +28,12 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class ScanProblem:
+    """Something under the root that could not be looked at. folder: it is a folder, so what it
+    holds is unknown (not gone)."""
+
     path: str
     error: str
+    folder: bool = False
 
 
 def scan(
@@ -36,23 +46,27 @@ def scan(
 
     Hidden files and folders (a name starting with '.') are skipped, and so is anything whose
     relative path or name matches a glob in `exclude`. Symlinks are followed, but a folder is
-    never entered twice, so a link loop ends. Unreadable folders are reported in `problems`.
+    never entered twice, so a link loop ends. Unreadable folders, dangling links and link
+    loops are reported in `problems`. Files that are not regular files (a FIFO, a link to a
+    device) are yielded too: the reader refuses them without opening them.
     """
     root = Path(root).resolve()
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], str] = {}
     stack: list[tuple[Path, str]] = [(root, "")]
+    report = problems.append if problems is not None else (lambda _problem: None)
     while stack:
         folder, rel = stack.pop()
         try:
             info = folder.stat()
-            if (info.st_dev, info.st_ino) in seen:
+            first = seen.setdefault((info.st_dev, info.st_ino), rel)
+            if first != rel:
+                if _inside(rel, first):
+                    report(ScanProblem(rel, f"link loop: leads back to {first or '.'}"))
                 continue
-            seen.add((info.st_dev, info.st_ino))
             with os.scandir(folder) as entries:
                 children = sorted(entries, key=lambda e: e.name)
         except OSError as e:
-            if problems is not None:
-                problems.append(ScanProblem(rel or ".", f"cannot read folder ({e.strerror})"))
+            report(ScanProblem(rel or ".", f"cannot read folder ({e.strerror})", folder=True))
             continue
         subfolders = []
         for entry in children:
@@ -68,8 +82,7 @@ def scan(
                     continue
                 stat = entry.stat()
             except OSError as e:
-                if problems is not None:
-                    problems.append(ScanProblem(path, f"cannot stat ({e.strerror})"))
+                report(ScanProblem(path, _stat_error(entry, e)))
                 continue
             yield FileInfo(path, stat.st_size, stat.st_mtime_ns)
         stack.extend(reversed(subfolders))
@@ -89,5 +102,52 @@ def stat_files(
         yield FileInfo(Path(path).as_posix(), stat.st_size, stat.st_mtime_ns)
 
 
+def out_of_sight(path: str, problems: Sequence[ScanProblem]) -> bool:
+    """Whether a problem hid this path from the scan: it is the problem's own path, or lies in
+    a folder that could not be read (what it holds is unknown, not gone)."""
+    return any(
+        path == p.path or (p.folder and _inside(path, "" if p.path == "." else p.path))
+        for p in problems
+    )
+
+
 def _excluded(path: str, name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return not folder or path.startswith(folder + "/")
+
+
+def _stat_error(entry: os.DirEntry, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "link loop: a symbolic link that leads back to itself"
+    if error.errno == errno.ENOENT and entry.is_symlink():
+        return "dangling link: its target does not exist"
+    return f"cannot stat ({error.strerror})"
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(name: str) -> str:
+    """A file name as one line of text to show: bytes that are not UTF-8 as \\xNN, control and
+    invisible formatting characters (a newline, an escape, a right-to-left override) as \\n,
+    \\x1b, \\u202e, and a backslash doubled, so that no two names print alike.
+    The exact name is what `retrieval search --paths -0` prints."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: one byte that is not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            # \\xNN always names one byte of the name; \\u a character of several.
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code <= 0xFFFF
+                       else f"\\U{code:08x}")  # fmt: skip
+        else:
+            out.append(char)
+    return "".join(out)

@@ -189,6 +189,10 @@ class Searcher:
         """Embed one image (a file, or an upload's bytes named `name`): float32 (1, d)."""
         return self.encoder.encode_images(self._prepared(source, name)[None])
 
+    def prepare_image(self, source: Path | bytes, *, name: str | None = None) -> np.ndarray:
+        """Model input for one image, decoded and resized but not encoded: uint8 (H, W, 3)."""
+        return self._prepared(source, name)
+
     def _prepared(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
         """Model input, decoded as indexing decodes, with the same decompression-bomb cap."""
         try:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -27,15 +27,19 @@ from ..dates import taken_range
 from ..encoders.protocol import Encoder
 from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
+from ..scan import printable
 from ..search import Hit, Searcher, TextHit, parse_text_query
 from . import media
 from .duplicates import add_duplicate_routes
 from .engine import Engine
 from .errors import NotServable
+from .guards import ASGIApp, BodyLimit, SecurityHeaders
 
 STATIC = Path(__file__).parent / "static"
 THUMBNAILS = "thumbnails"
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+MULTIPART_FRAMING = 64_000
+"""Bytes a request body may hold beyond the file itself: the form's boundaries and fields."""
 MAX_K = 500
 
 
@@ -44,6 +48,28 @@ Folder = Annotated[str, Query(description="Only images under this folder (relati
 DATES = "2023, 2023-07, 2023-07-14 or 2023-07-14T18:30, in the server's local time"
 After = Annotated[str, Query(max_length=40, description=f"Only images taken from: {DATES}.")]
 Before = Annotated[str, Query(max_length=40, description=f"Only images taken up to: {DATES}.")]
+
+
+def _item_id(item_id: int) -> int:
+    """An item id from a path; one that no int64 can hold names no item (404, not a 500)."""
+    if not -(2**63) <= item_id < 2**63:
+        raise NotServable(f"no indexed image has id {item_id}")
+    return item_id
+
+
+ItemId = Annotated[int, Depends(_item_id)]
+
+
+class GuardedApp(FastAPI):
+    """FastAPI with the guards of guards.py around everything, its own error pages included."""
+
+    body_limit = DEFAULT_MAX_UPLOAD + MULTIPART_FRAMING
+
+    def build_middleware_stack(self) -> ASGIApp:
+        message = _too_large("the upload", self.body_limit - MULTIPART_FRAMING)
+        return SecurityHeaders(
+            BodyLimit(super().build_middleware_stack(), self.body_limit, message)
+        )
 
 
 class HitOut(BaseModel):
@@ -94,7 +120,7 @@ def create_app(
         directory, encoder=encoder, backend=backend, precision=precision, device=device
     )
     engine = Engine(searcher)
-    app = FastAPI(
+    app = GuardedApp(
         title="retrieval",
         summary="Search a photo collection by text or by example image.",
         version="1",
@@ -103,10 +129,10 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine = engine
+    app.body_limit = max_upload_bytes + MULTIPART_FRAMING
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     _errors(app)
-    _upload_limit(app, max_upload_bytes)
     _search_routes(app, engine, max_upload_bytes)
     _item_routes(app, engine)
     _file_routes(app, engine)
@@ -163,8 +189,11 @@ def _search_routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         if not data:
             raise QueryError(f"{name}: the upload is empty")
         prefix, taken = _folder_prefix(folder), _taken(after, before)
+        # Decoded before taking the encoder's turn: a large upload never holds up a text search.
+        with _timed(response, "decode"), engine.decoding() as searcher:
+            pixels = searcher.prepare_image(data, name=name)
         with _timed(response, "encode"), engine.encoding() as searcher:
-            vector = searcher.encode_image(data, name=name)[0]
+            vector = searcher.encoder.encode_images(pixels[None])[0]
         with _timed(response, "search"), engine.reading() as searcher:
             return _hits(searcher.search_vector(vector, k=k, prefix=prefix, **taken), searcher)
 
@@ -173,19 +202,23 @@ def _item_routes(app: FastAPI, engine: Engine) -> None:
     """An indexed image's details, the images like it, and texts that describe it."""
 
     @app.get("/api/items/{item_id}", response_model=ItemOut)
-    def item(item_id: int) -> ItemOut:
+    def item(item_id: ItemId) -> ItemOut:
         """An indexed image's path (relative to the root), size in bytes and pixel size."""
         with engine.reading() as searcher:
             found = searcher.collection.catalog.get(item_id)
         if found is None or found.status != "ok":
             raise NotServable(f"no indexed image has id {item_id}")
         return ItemOut(
-            id=found.id, path=found.path, width=found.width, height=found.height, size=found.size
+            id=found.id,
+            path=printable(found.path),
+            width=found.width,
+            height=found.height,
+            size=found.size,
         )
 
     @app.get("/api/items/{item_id}/similar", response_model=list[HitOut])
     def similar(
-        item_id: int,
+        item_id: ItemId,
         response: Response,
         k: K = 24,
         folder: Folder = "",
@@ -198,7 +231,7 @@ def _item_routes(app: FastAPI, engine: Engine) -> None:
             return _hits(searcher.similar(item_id, k=k, prefix=prefix, **taken), searcher)
 
     @app.get("/api/items/{item_id}/describe", response_model=list[TagOut])
-    def describe(item_id: int, k: Annotated[int, Query(ge=1, le=50)] = 5) -> list[TagOut]:
+    def describe(item_id: ItemId, k: Annotated[int, Query(ge=1, le=50)] = 5) -> list[TagOut]:
         """Texts for an image: the collection's own texts, else ImageNet's classes (503 while
         those are being embedded, once per model)."""
         with engine.reading() as searcher:
@@ -220,14 +253,15 @@ def _file_routes(app: FastAPI, engine: Engine) -> None:
     """The image files themselves (as found, or re-encoded), their thumbnails, and the folders."""
 
     @app.get("/api/items/{item_id}/thumbnail", response_class=Response)
-    def thumbnail(item_id: int, request: Request) -> Response:
+    def thumbnail(item_id: ItemId, request: Request) -> Response:
         """A JPEG thumbnail (at most 320 px a side, EXIF orientation applied), cached."""
         file = _served(engine, item_id)
         return _cached(request, file, lambda: (_thumbnail(engine, file), "image/jpeg"))
 
     @app.get("/api/items/{item_id}/image", response_class=Response)
-    def image(item_id: int, request: Request) -> Response:
-        """The image itself (re-encoded as JPEG when a browser cannot show its format)."""
+    def image(item_id: ItemId, request: Request) -> Response:
+        """The image itself (re-encoded as JPEG when a browser cannot show its format), sent as
+        the type its bytes are, whatever its name says."""
         file = _served(engine, item_id)
         media_type = media.browser_type(file)
         if media_type is not None:
@@ -239,7 +273,7 @@ def _file_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/api/folders", response_model=list[FolderOut])
     def folders() -> list[FolderOut]:
         """The folders holding indexed images, for the folder filter."""
-        return [FolderOut(folder=f.folder, images=f.images) for f in engine.folders()]
+        return [FolderOut(folder=printable(f.folder), images=f.images) for f in engine.folders()]
 
 
 def _errors(app: FastAPI) -> None:
@@ -255,22 +289,6 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(CollectionError)
     def collection_error(request: Request, error: CollectionError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
-
-
-def _upload_limit(app: FastAPI, max_upload_bytes: int) -> None:
-    """Refuse an announced oversized upload before its body is read (and spooled to disk)."""
-
-    @app.middleware("http")
-    async def limit(request: Request, call_next: Callable) -> Response:
-        length = request.headers.get("content-length", "")
-        # Multipart framing adds a few hundred bytes to the file itself.
-        if (
-            request.method == "POST"
-            and length.isdigit()
-            and int(length) > max_upload_bytes + 64_000
-        ):
-            return JSONResponse({"detail": _too_large("the upload", max_upload_bytes)}, 413)
-        return await call_next(request)
 
 
 def _too_large(name: str, limit: int) -> str:
@@ -300,7 +318,10 @@ def _hits(hits: list[Hit], searcher: Searcher) -> list[HitOut]:
     root = searcher.collection.root
     return [
         HitOut(
-            rank=h.rank, id=h.id, score=round(h.score, 6), path=h.path.relative_to(root).as_posix()
+            rank=h.rank,
+            id=h.id,
+            score=round(h.score, 6),
+            path=printable(h.path.relative_to(root).as_posix()),
         )
         for h in hits
     ]

@@ -5,6 +5,7 @@ it alone."""
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,8 @@ from ..encoders.protocol import Encoder
 from ..errors import RetrievalError
 from ..search import Searcher
 from ..vocabulary import vocabulary
+
+UPLOADS_DECODED_AT_ONCE = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Engine:
         self.encoder.encode_texts(["warm up"])  # the first run of a session allocates; pay now
         self._encoding = threading.Lock()
         self._reading = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(UPLOADS_DECODED_AT_ONCE)
         self._folders: tuple[int, list[FolderCount]] = (-1, [])
         self._last_request = 0.0
         self.tags_ready = threading.Event()
@@ -90,6 +94,13 @@ class Engine:
                 break
         if self._stopping.is_set():
             raise _Stopped
+
+    @contextmanager
+    def decoding(self) -> Iterator[Searcher]:
+        """A turn to decode an upload, apart from the encoder's: a few at a time, since each may
+        hold an image as large as the decompression-bomb cap allows."""
+        with self._decoding:
+            yield self._searcher
 
     @contextmanager
     def reading(self) -> Iterator[Searcher]:

@@ -30,17 +30,18 @@ RAW_VIEW_SIDE = 2048
 """A RAW file is shown from its embedded preview when that is at least this large (most cameras
 embed a full-size one); a RAW with a smaller one, or none, is demosaiced for the viewer."""
 
-BROWSER_FORMATS = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".jpe": "image/jpeg",
-    ".jfif": "image/jpeg",
-    ".png": "image/png",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".avif": "image/avif",
-}
+BROWSER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (8, b"WEBP", "image/webp"),  # after b"RIFF" and the length
+    (0, b"BM", "image/bmp"),
+    (4, b"ftypavif", "image/avif"),
+    (4, b"ftypavis", "image/avif"),
+)
+"""(offset, magic bytes, media type) of the formats browsers show as they are. The type comes
+from the bytes, never the name: PNG bytes named .jpg go out as image/png."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,17 @@ def thumbnail(file: ServedFile, cache_dir: Path) -> bytes:
 
 
 def browser_type(file: ServedFile) -> str | None:
-    """The media type to send the file as it is, or None when a browser cannot show it."""
-    return BROWSER_FORMATS.get(file.path.suffix.lower())
+    """The media type to send the file as it is, read from its first bytes, or None when a
+    browser cannot show it (or it cannot be read: it is then decoded, and the error told)."""
+    try:
+        with open(file.path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    for offset, magic, media_type in BROWSER_FORMATS:
+        if head[offset : offset + len(magic)] == magic:
+            return media_type
+    return None
 
 
 def as_jpeg(file: ServedFile) -> bytes:

@@ -35,8 +35,16 @@ function filters() {
     .filter(([, value]) => value);
 }
 
-function filterParams() {
-  return filters().map(([name, value]) => `&${name}=${encodeURIComponent(value)}`).join("");
+// Every value put into a URL goes through encodeURIComponent or URLSearchParams: a value
+// from the address bar (?similar=...) or from a file name is never trusted to be URL-safe.
+function query(params) {
+  const search = new URLSearchParams(params);
+  for (const [name, value] of filters()) search.set(name, value);
+  return `?${search}`;
+}
+
+function itemUrl(id, what = "") {
+  return `/api/items/${encodeURIComponent(id)}${what}`;
 }
 
 function show(found, what, started, k, more) {
@@ -55,7 +63,7 @@ function tile(hit, index) {
   button.dataset.id = hit.id;
   button.title = hit.path;
   const img = document.createElement("img");
-  img.src = `/api/items/${hit.id}/thumbnail`;
+  img.src = itemUrl(hit.id, "/thumbnail");
   img.alt = hit.path;
   img.loading = "lazy";
   img.decoding = "async";
@@ -80,10 +88,10 @@ async function run(kind, value, push = true, k = K) {
   try {
     let found, what;
     if (kind === "q") {
-      found = await api(`/api/search?q=${encodeURIComponent(value)}&k=${k}${filterParams()}`);
+      found = await api(`/api/search${query({ q: value, k })}`);
       what = `for “${value}”`;
     } else {
-      found = await api(`/api/items/${value}/similar?k=${k}${filterParams()}`);
+      found = await api(`${itemUrl(value, "/similar")}${query({ k })}`);
       what = "like the chosen one";
     }
     if (push) remember(kind, value);
@@ -136,10 +144,10 @@ async function view(index) {
   if (index < 0 || index >= hits.length) return;
   open = index;
   const hit = hits[index];
-  viewerImage.src = `/api/items/${hit.id}/image`;
+  viewerImage.src = itemUrl(hit.id, "/image");
   viewerImage.alt = hit.path;
   $("viewer-path").textContent = hit.path;
-  $("viewer-path").href = `/api/items/${hit.id}/image`;
+  $("viewer-path").href = itemUrl(hit.id, "/image");
   $("viewer-score").textContent = `score ${hit.score.toFixed(3)}`;
   $("viewer-size").textContent = "";
   $("prev").disabled = index === 0;
@@ -147,7 +155,7 @@ async function view(index) {
   tags.replaceChildren();
   if (!viewer.open) viewer.showModal();
   $("more").focus();
-  api(`/api/items/${hit.id}`).then((item) => {
+  api(itemUrl(hit.id)).then((item) => {
     if (open === index && item.width) $("viewer-size").textContent = `${item.width}×${item.height}`;
   }).catch(() => {});
   showTags(hit, index);
@@ -155,7 +163,7 @@ async function view(index) {
 
 async function showTags(hit, index) {
   try {
-    const found = await api(`/api/items/${hit.id}/describe?k=5`);
+    const found = await api(`${itemUrl(hit.id, "/describe")}?k=5`);
     if (open !== index || !viewer.open) return;
     tags.replaceChildren(...found.map((tag) => {
       const li = document.createElement("li");
