@@ -128,7 +128,7 @@ def emit_json(obj: dict[str, Any]) -> None:
 
 def _shown(path: object) -> str:
     """A path as printed: names that are not UTF-8, and control characters, escaped."""
-    from retrieval.scan import printable
+    from retrieval.names import printable
 
     return printable(str(path))
 

@@ -175,6 +175,14 @@ def orphan_thumbnails(collection: Collection) -> list[Path]:
     ]
 
 
+def drop_orphan_thumbnails(collection: Collection) -> int:
+    """Delete the cached thumbnails no catalog item has; returns how many."""
+    orphans = orphan_thumbnails(collection)
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return len(orphans)
+
+
 def _verify_thumbnails(collection: Collection, findings: Findings) -> None:
     folder = collection.dir / THUMBNAILS
     findings.thumbnails = orphan_thumbnails(collection)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from index.catalog import Item
-from index.collection import Collection, find_collection
+from index.collection import Collection, resolve_dir
 from index.neighbours import close_pairs
 
 from .errors import QueryError
@@ -72,7 +72,7 @@ def find_duplicates(
     under: only files in this folder (absolute, or relative to the current folder or the root).
     progress(done, total) follows the range search over the stored embeddings.
     """
-    directory = Path(collection_dir).expanduser() if collection_dir else find_collection()
+    directory = resolve_dir(collection_dir)
     with Collection.open(directory, readonly=True) as collection:
         prefix = None if under is None else under_prefix(collection.root, under)
         return duplicate_groups(collection, threshold=threshold, prefix=prefix, progress=progress)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from index import compaction
+from index import compaction, integrity
 from index.catalog import STATUS_OK, STATUS_STALE, Item
 from index.collection import Collection, NewImage, default_dir
 from index.manifest import ModelIdentity
@@ -190,6 +190,8 @@ class _IndexRun:
         self._remove_missing()
         self.report.dated = fill_capture_times(self.collection, self.workers, self.progress)
         self.report.compacted = compaction.compact_if_due(self.collection)
+        if self.report.compacted:  # the thumbnails of the dropped rows' files go too
+            integrity.drop_orphan_thumbnails(self.collection)
         self.collection.sync_index()
         self.report.seconds = time.perf_counter() - started
         return self.report

@@ -12,8 +12,8 @@ from index.layout import FAISS_INDEX
 from index.manifest import ModelIdentity
 
 from .dates import local_time
+from .names import printable
 from .reports import SkippedFile
-from .scan import printable
 
 
 @dataclass(frozen=True)

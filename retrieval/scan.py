@@ -1,7 +1,7 @@
 """Finding image files under a root: recursive, hidden entries skipped, no symlink loops.
 
 Names are kept as the file system gives them: a name that is not UTF-8 is a str holding
-surrogate escapes (os.fsencode gives its bytes back). `printable` is the form to show.
+surrogate escapes (os.fsencode gives its bytes back). `names.printable` is the form to show.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,29 +124,3 @@ def _stat_error(entry: os.DirEntry, error: OSError) -> str:
     if error.errno == errno.ENOENT and entry.is_symlink():
         return "dangling link: its target does not exist"
     return f"cannot stat ({error.strerror})"
-
-
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(name: str) -> str:
-    """A file name as one line of text to show: bytes that are not UTF-8 as \\xNN, control and
-    invisible formatting characters (a newline, an escape, a right-to-left override) as \\n,
-    \\x1b, \\u202e, and a backslash doubled, so that no two names print alike.
-    The exact name is what `retrieval search --paths -0` prints."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    out = []
-    for char in name:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: one byte that is not UTF-8
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            # \\xNN always names one byte of the name; \\u a character of several.
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code <= 0xFFFF
-                       else f"\\U{code:08x}")  # fmt: skip
-        else:
-            out.append(char)
-    return "".join(out)

@@ -65,6 +65,5 @@ def compact_collection(collection_dir: Path | None = None) -> Compaction:
     thumbnails no item has."""
     with Collection.open(resolve_dir(collection_dir)) as collection, collection.locked():
         done = collection.compact()
-        for path in integrity.orphan_thumbnails(collection):
-            path.unlink(missing_ok=True)
+        integrity.drop_orphan_thumbnails(collection)
         return done

@@ -66,8 +66,12 @@ def test_an_index_run_compacts_by_itself_past_the_threshold(root, encoder, monke
         path.unlink()
         del expected[path.relative_to(root).as_posix()]
     monkeypatch.setattr(compaction, "MIN_DEAD_ROWS", 4)
+    orphan = default_dir(root) / "thumbnails" / "de" / "deadbeef-320.jpg"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"jpeg")
     report = index_folder(root, encoder=encoder)
     assert report.compacted == 7
+    assert not orphan.exists()
     assert file_rows(root) == 5
     assert_same_state(state(root), expected)
     assert_search_is_brute_force(root, expected)

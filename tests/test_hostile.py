@@ -23,7 +23,8 @@ from retrieval.errors import ImageReadError, RetrievalError
 from retrieval.images import read_image_file
 from retrieval.indexer import index_folder
 from retrieval.info import collection_info
-from retrieval.scan import ScanProblem, printable, scan
+from retrieval.names import printable
+from retrieval.scan import ScanProblem, scan
 from retrieval.search import Searcher
 
 RETRIEVAL = Path(sys.executable).parent / "retrieval"

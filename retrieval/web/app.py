@@ -27,7 +27,7 @@ from ..dates import taken_range
 from ..encoders.protocol import Encoder
 from ..errors import ImageReadError, QueryError, UnknownItem
 from ..info import collection_info
-from ..scan import printable
+from ..names import printable
 from ..search import Hit, Searcher, TextHit, parse_text_query
 from . import media
 from .duplicates import add_duplicate_routes
