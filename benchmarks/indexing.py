@@ -32,12 +32,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retrieval.encoders import load_encoder
-from retrieval.encoders.torch_encoder import (
-    Encoder,
-    architecture,
-    create_untrained,
-    import_torch,
-)
+from retrieval.encoders.protocol import Encoder
+from retrieval.encoders.torch_encoder import architecture, create_untrained, import_torch
 from retrieval.indexer import index_folder
 
 
