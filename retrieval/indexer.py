@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from index.catalog import STATUS_OK, Item
-from index.collection import Collection, NewImage, default_dir, resolve_dir
+from index.collection import Collection, NewImage, default_dir
 from index.manifest import ModelIdentity
-from index.tuning import Tuning
 
 from .collection_model import check_encoder, encoder_for
 from .encoders import load_encoder
@@ -28,26 +27,10 @@ from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
 from .pipeline import Decoded, decode_files
+from .reindexing import reindex as reindex
+from .remote_encoding import EncodeRequest, FileEncoder
 from .reports import IndexProgress, IndexReport, ProgressCallback, SkippedFile
 from .scan import FileInfo, ScanProblem, scan, stat_files
-
-
-def reindex(
-    collection_dir: Path | None = None,
-    *,
-    factory: str | None = None,
-    memory_budget: int | None = None,
-    target_recall: float | None = None,
-) -> Tuning:
-    """Rebuild a collection's image index from its stored embeddings; no image is encoded.
-
-    factory: a FAISS factory string ("IVF1024,Flat", "HNSW32", ...), or None to choose one from
-    the collection's size and memory_budget (bytes) and to keep choosing as it grows.
-    """
-    if target_recall is not None and not 0 < target_recall <= 1:
-        raise RetrievalError(f"--target-recall must be in (0, 1], not {target_recall}")
-    with Collection.open(resolve_dir(collection_dir)) as collection, collection.locked():
-        return collection.reindex(factory, memory_budget=memory_budget, target_recall=target_recall)
 
 
 def index_folder(
@@ -67,6 +50,7 @@ def index_folder(
     draft: bool = True,
     backend: str = "auto",
     decode: str = "auto",
+    encode_files: FileEncoder | None = None,
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
 
@@ -82,6 +66,7 @@ def index_folder(
     decode: where JPEGs are decoded: cpu (worker threads), gpu (nvJPEG, batched, on the CUDA
     device that encodes; other formats and files it refuses still go to the CPU), or auto
     (for now the CPU: benchmarks/gpu_check.sh measures which is faster).
+    encode_files: read and encode the new and changed files elsewhere (retrieval.cluster).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs
@@ -119,7 +104,7 @@ def index_folder(
                     created.weights_hash, backend=created.backend, precision=created.precision
                 )
             run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress, draft)
-            run.decode = decode
+            run.decode, run.encode_files = decode, encode_files
             try:
                 return run.execute(exclude, paths)
             except KeyboardInterrupt:
@@ -217,6 +202,7 @@ class _IndexRun:
         self.batch: list[Decoded] = []
         self.decode = "auto"
         self.jpeg_decoder: JpegDecoder | None = None
+        self.encode_files: FileEncoder | None = None
 
     def execute(self, exclude: Sequence[str], paths: Sequence[str] | None) -> IndexReport:
         started = time.perf_counter()
@@ -258,6 +244,14 @@ class _IndexRun:
         return todo
 
     def _process(self, todo: list[FileInfo]) -> None:
+        if self.encode_files is not None:
+            known = frozenset(self.by_hash)
+            for batch in self.encode_files(EncodeRequest(self.collection, self.root, todo, known,
+                    self.batch_size, self.workers, self.draft, self.progress)):  # fmt: skip
+                self.report.encoded += len(batch.encoded)
+                self.report.encode_seconds += batch.seconds
+                self._store(batch.encoded, batch.vectors, batch.others)
+            return
         encoder = self.get_encoder()
         self.batch_size = self.batch_size or default_batch_size(encoder)
         self.jpeg_decoder = jpeg_decoder(self.decode, encoder)
@@ -301,6 +295,9 @@ class _IndexRun:
                 vectors = encoder.encode_images(pixels)
                 self.report.encoded += len(batch)
             self.report.encode_seconds += time.perf_counter() - started
+        self._store(batch, vectors, others)
+
+    def _store(self, batch: list[Decoded], vectors: Any, others: list[Decoded]) -> None:
         with self.catalog.transaction():
             if vectors is not None:
                 files = [NewImage(r.file.path, r.file.size, r.file.mtime_ns, r.hash, r.width,
