@@ -10,6 +10,7 @@ for the same files and finds the ones already done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -131,4 +132,5 @@ def remove_all_but(folder: Path, keep: set[str]) -> None:
         if path.name.split(".")[0] not in keep and path.is_file():
             path.unlink(missing_ok=True)
     if not keep and not any(folder.iterdir()):
-        folder.rmdir()
+        with contextlib.suppress(OSError):  # a straggling worker of a killed run wrote again
+            folder.rmdir()
