@@ -23,13 +23,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.indexing import make_jpegs
 from index.collection import default_dir
 from retrieval.cluster import index_on_cluster, parse_cluster
 from retrieval.cluster.address import connected
 from retrieval.encoders.torch_encoder import create_untrained
+
+
+def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
+    """n distinct camera-like JPEGs: smooth shapes and grain, a few bases, a mark per file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    rng = np.random.default_rng(0)
+    bases = []
+    for _ in range(min(n, 8)):
+        coarse = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC))
+        grain = rng.integers(-12, 13, size=(height, width, 3))
+        bases.append(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+    for i in range(n):
+        pixels = bases[i % len(bases)].copy()
+        pixels[: 8 + i % 32, : 8 + i // 32] = (i * 37) % 256
+        Image.fromarray(pixels).save(folder / f"img{i:05d}.jpg", quality=90)
 
 
 class Stop(Exception):
