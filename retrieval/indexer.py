@@ -248,7 +248,7 @@ class _IndexRun:
             known = frozenset(self.by_hash)
             for batch in self.encode_files(EncodeRequest(self.collection, self.root, todo, known,
                     self.batch_size, self.workers, self.draft, self.progress)):  # fmt: skip
-                self.report.encoded += len(batch.encoded)
+                self.report.encoded += batch.newly_encoded
                 self.report.encode_seconds += batch.seconds
                 self._store(batch.encoded, batch.vectors, batch.others)
             return

@@ -42,12 +42,18 @@ class EncodedBatch:
     """Results ready to commit together. `encoded` went through the model and `vectors`,
     float32 (len(encoded), d) L2-normalised, are their embeddings (None when none were);
     `others` are files that failed (`error`) or whose content is known (`known`).
-    `seconds`: the wall time spent waiting for this batch, for the run's images/s."""
+    `seconds`: the wall time spent waiting for this batch, for the run's images/s.
+    `resumed`: read back from an earlier run that was stopped, so not encoded by this one."""
 
     encoded: list[Decoded]
     vectors: np.ndarray | None
     others: list[Decoded]
     seconds: float = 0.0
+    resumed: bool = False
+
+    @property
+    def newly_encoded(self) -> int:
+        return 0 if self.resumed else len(self.encoded)
 
 
 FileEncoder = Callable[[EncodeRequest], Iterable[EncodedBatch]]

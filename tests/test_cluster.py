@@ -244,3 +244,24 @@ def test_the_single_process_path_never_imports_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(WORKTREE)}, cwd=WORKTREE)  # fmt: skip
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_shards_done_by_an_earlier_run_are_read_back_not_encoded_again(
+    tmp_path, tiny_model, reference, ray_cluster
+):
+    from retrieval.cluster.shards import plan_shards
+    from retrieval.cluster.work import ModelSpec, ShardTask
+    from retrieval.scan import scan
+
+    root = make_root(tmp_path / "photos")
+    shards_dir = default_dir(root) / "shards"
+    shards_dir.mkdir(parents=True)
+    plan = plan_shards(list(scan(root)), 4)
+    earlier = 0
+    for shard in plan[1::3]:  # as a stopped run leaves them: done, not committed
+        task = ShardTask(str(root), str(shards_dir), shard, ModelSpec(tiny_model, None), 8, 1, True)
+        earlier += encode_shard(task, frozenset()).encoded
+    assert earlier > 0
+    report = index_on_cluster(root, cluster="local:4", shard_size=4, model=tiny_model)
+    assert report.encoded == len(PHOTOS) + 1 - earlier
+    assert_same_rows(rows(root), rows(reference))

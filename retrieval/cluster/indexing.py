@@ -80,6 +80,7 @@ class ShardedEncoder:
         check_workers(request, folder)
         shards = plan_shards(request.files, self.shard_size)
         done = {i: r for i, s in enumerate(shards) if (r := read_shard(folder, s)) is not None}
+        resumed = set(done)  # done by an earlier run that was stopped
         todo = [(i, s) for i, s in enumerate(shards) if i not in done]
         pending = self._submit(request, folder, todo)
         finished = len(done)
@@ -93,7 +94,7 @@ class ShardedEncoder:
                 done[j] = self._collect(ray, ready[0], folder, shards[j])
                 finished += 1
                 request.progress(IndexProgress("shard", finished, len(shards)))
-            yield done.pop(i).batch(time.perf_counter() - waited)
+            yield done.pop(i).batch(time.perf_counter() - waited, resumed=i in resumed)
             drop_shard(folder, shard.name)  # committed: the next line of the plan
             files_done += len(shard.files)
             request.progress(IndexProgress("encode", files_done, len(request.files)))

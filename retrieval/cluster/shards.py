@@ -49,11 +49,11 @@ class ShardResult:
     def encoded(self) -> int:
         return len(self.vectors)
 
-    def batch(self, seconds: float = 0.0) -> EncodedBatch:
+    def batch(self, seconds: float = 0.0, resumed: bool = False) -> EncodedBatch:
         encoded = [r for r in self.results if r.error is None and not r.known]
         others = [r for r in self.results if r.error is not None or r.known]
         vectors = np.asarray(self.vectors, dtype=np.float32) if encoded else None
-        return EncodedBatch(encoded, vectors, others, seconds)
+        return EncodedBatch(encoded, vectors, others, seconds, resumed)
 
 
 def plan_shards(files: list[FileInfo], shard_size: int) -> list[Shard]:
