@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@echo "installing into $(VENV) (once, and again when pyproject.toml changes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install --upgrade pip
-	@$(PIP) install -e '.[test]'
+	@$(PIP) install -e '.[test,cluster]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -8,6 +8,7 @@ Expected failures become one line on stderr and exit code 1; bad usage exits 2.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -104,6 +105,13 @@ BackendOption = typer.Option(
     "--backend",
     help="auto (onnx on a CPU, torch on CUDA), torch, or onnx (exported and cached on first use).",
 )
+ClusterOption = typer.Option(
+    "none",
+    "--cluster",
+    help="Where to encode: none (this process), local[:N] (a private Ray cluster of N CPU "
+    "slots), auto (the Ray cluster this runs in) or ray://HOST:PORT. ROOT and the collection "
+    "must be on storage every worker can read.",
+)
 
 
 @contextlib.contextmanager
@@ -187,11 +195,20 @@ def index_command(
     exclude: list[str] = typer.Option(
         [], "--exclude", help="Glob of paths or names to skip; repeat for several."
     ),
+    cluster: str = ClusterOption,
+    shard_size: int = typer.Option(
+        10_000, "--shard-size", min=1, help="With --cluster: files per task."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Index a folder of photos: only new and changed files are encoded."""
     from retrieval.indexer import index_folder
     from retrieval.reports import IndexProgress
+
+    if cluster != "none":
+        from retrieval.cluster import index_on_cluster
+
+        index_folder = functools.partial(index_on_cluster, cluster=cluster, shard_size=shard_size)
 
     with user_errors(), _progress_bar() as bar:
         task = bar.add_task("reading", total=None)
@@ -206,6 +223,8 @@ def index_command(
             elif event.phase == "dates":
                 bar.update(task, description="reading dates", completed=event.done,
                            total=event.total)  # fmt: skip
+            elif event.phase == "shard":
+                bar.update(task, description=f"indexing, {event.done}/{event.total} shards done")
 
         report = index_folder(
             root,
@@ -727,7 +746,7 @@ def reindex_command(
 ) -> None:
     """Rebuild the image index from the stored embeddings (nothing is encoded again)."""
     from retrieval.errors import RetrievalError
-    from retrieval.indexer import reindex
+    from retrieval.upkeep import reindex
 
     with user_errors():
         if auto and factory:

@@ -26,7 +26,7 @@ _EXPORTS = {
     "QueryError": ".errors",
     "RetrievalError": ".errors",
     "index_folder": ".indexer",
-    "reindex": ".indexer",
+    "reindex": ".upkeep",
     "CollectionInfo": ".info",
     "collection_info": ".info",
     "DEFAULT_MODEL": ".encoders.identity",

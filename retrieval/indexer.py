@@ -31,10 +31,10 @@ from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
 from .index_checks import GPU_DECODE_NEEDS, check_collection, check_decode, check_options
 from .pipeline import Decoded, decode_files
+from .remote_encoding import EncodeRequest, FileEncoder
 from .reports import IndexProgress, IndexReport, ProgressCallback, SkippedFile
 from .revisit import change_stat, must_read
 from .scan import FileInfo, ScanProblem, out_of_sight, scan, stat_files
-from .upkeep import reindex  # noqa: F401 (its home before `check` and `compact` joined it)
 
 
 def index_folder(
@@ -54,6 +54,7 @@ def index_folder(
     draft: bool = True,
     backend: str = "auto",
     decode: str = "auto",
+    encode_files: FileEncoder | None = None,
 ) -> IndexReport:
     """Index the images under `root` into its collection (default: ROOT/.retrieval).
 
@@ -69,6 +70,7 @@ def index_folder(
     decode: where JPEGs are decoded: cpu (worker threads), gpu (nvJPEG, batched, on the CUDA
     device that encodes; other formats and files it refuses still go to the CPU), or auto
     (for now the CPU: benchmarks/gpu_check.sh measures which is faster).
+    encode_files: read and encode the new and changed files elsewhere (retrieval.cluster).
 
     A new collection is built with `model` (default ViT-B-32 laion2b_s34b_b79k); an existing
     one keeps its own model and refuses another. The model is loaded only if some file needs
@@ -109,7 +111,7 @@ def index_folder(
                     created.weights_hash, backend=created.backend, precision=created.precision
                 )
             run = _IndexRun(collection, root, get_encoder, batch_size, workers, progress, draft)
-            run.decode = decode
+            run.decode, run.encode_files = decode, encode_files
             try:
                 return run.execute(exclude, paths)
             except KeyboardInterrupt:
@@ -174,6 +176,7 @@ class _IndexRun:
         self.batch: list[Decoded] = []
         self.decode = "auto"
         self.jpeg_decoder: JpegDecoder | None = None
+        self.encode_files: FileEncoder | None = None
 
     def execute(self, exclude: Sequence[str], paths: Sequence[str] | None) -> IndexReport:
         started = time.perf_counter()
@@ -218,6 +221,14 @@ class _IndexRun:
         return todo
 
     def _process(self, todo: list[FileInfo]) -> None:
+        if self.encode_files is not None:
+            known = frozenset(self.by_hash)
+            for batch in self.encode_files(EncodeRequest(self.collection, self.root, todo, known,
+                    self.batch_size, self.workers, self.draft, self.progress)):  # fmt: skip
+                self.report.encoded += batch.newly_encoded
+                self.report.encode_seconds += batch.seconds
+                self._store(batch.encoded, batch.vectors, batch.others)
+            return
         encoder = self.get_encoder()
         self.batch_size = self.batch_size or default_batch_size(encoder)
         self.jpeg_decoder = jpeg_decoder(self.decode, encoder)
@@ -259,6 +270,9 @@ class _IndexRun:
                 vectors = encoder.encode_images(pixels)
                 self.report.encoded += len(batch)
             self.report.encode_seconds += time.perf_counter() - started
+        self._store(batch, vectors, others)
+
+    def _store(self, batch: list[Decoded], vectors: Any, others: list[Decoded]) -> None:
         with self.catalog.transaction():
             if vectors is not None:
                 files = [NewImage(r.file.path, r.file.size, r.file.mtime_ns, r.hash, r.width,
