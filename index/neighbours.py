@@ -19,11 +19,19 @@ import numpy as np
 if TYPE_CHECKING:
     import faiss
 
-EXACT_LIMIT = 30_000
-"""Collections of at most this many vectors are searched exactly."""
+EXACT_LIMIT = 10_000
+"""Collections of at most this many vectors are searched exactly. Above it the inverted-file
+search is the faster (random 512-d vectors, 30,000 of them: 1.3 s against 5.3 s exact, finding
+99.9% of the exact pairs)."""
 
 NPROBE = 16
-"""Inverted lists scanned per query above EXACT_LIMIT."""
+"""Inverted lists scanned per query above EXACT_LIMIT, out of 4 * sqrt(n). Random vectors with a
+near copy planted for every tenth (cosine about 0.96), 100,000 of them: 512-d took 17 s and found
+the same 2,137 groups as 2 * sqrt(n) lists (30 s); 128-d, 4.3 s and 3,791 groups of 3,796. Eight
+probes halve the time again but lost 1 to 2% of the groups on such vectors."""
+
+TRAINING_PER_LIST = 20
+"""Training vectors per inverted list: enough for centroids that only route queries."""
 
 CHUNK = 4096
 """Queries per range search call: bounds the memory of one call's results."""
@@ -91,9 +99,10 @@ def _build(vectors: VectorRows, *, exact: bool, nprobe: int) -> faiss.Index:
     if exact:
         index = faiss.IndexFlatIP(dim)
     else:
-        lists = max(1, int(2 * math.sqrt(n)))
+        lists = max(1, int(4 * math.sqrt(n)))
         index = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
-        sample = np.linspace(0, n - 1, min(n, 40 * lists)).astype(np.int64)
+        index.cp.min_points_per_centroid = TRAINING_PER_LIST // 2  # no warning for a small sample
+        sample = np.linspace(0, n - 1, min(n, TRAINING_PER_LIST * lists)).astype(np.int64)
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         index.nprobe = min(nprobe, lists)
     for start in range(0, n, CHUNK):
