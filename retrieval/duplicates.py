@@ -10,7 +10,6 @@ ever deleted.
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from index.collection import Collection, resolve_dir
 from index.neighbours import close_pairs
 
 from .errors import QueryError
+from .folders import under_prefix
 from .raw import RAW_EXTENSIONS
 
 DEFAULT_THRESHOLD = 0.96
@@ -111,32 +111,6 @@ def duplicate_groups(
         groups.append((files[0].path, score, files))
     groups.sort(key=lambda g: str(g[0]))
     return [DuplicateGroup(n, score, files) for n, (_, score, files) in enumerate(groups, 1)]
-
-
-def under_prefix(root: Path, under: str | Path) -> str:
-    """A --under folder (absolute, or relative to the current folder or the root) as a path
-    relative to the root ('' for all of it)."""
-    candidate = Path(under).expanduser()
-    absolute = candidate if candidate.is_absolute() else Path.cwd() / candidate
-    if not candidate.is_absolute() and not absolute.exists():
-        absolute = root / candidate
-    for form in (Path(os.path.normpath(absolute)), absolute.resolve()):
-        if form.is_relative_to(root):
-            relative = form.relative_to(root).as_posix()
-            return "" if relative == "." else relative
-    raise QueryError(f"--under {under}: not inside the indexed folder {root}")
-
-
-def folder_prefix(folder: str) -> str | None:
-    """A folder named in a web request, as a path relative to the root; never looked up on
-    disk, and refused when it would leave the root."""
-    folder = folder.strip()
-    if not folder.strip("/"):
-        return None
-    normal = posixpath.normpath(folder.rstrip("/"))
-    if folder.startswith("/") or normal == ".." or normal.startswith("../") or "\\" in folder:
-        raise QueryError(f"folder {folder!r} must be a folder inside the collection, like 'trips'")
-    return None if normal == "." else normal
 
 
 def rank_key(item: Item) -> tuple[int, int, int, str]:

@@ -24,6 +24,7 @@ from .collection_model import encoder_for
 from .dates import When, taken_range
 from .encoders.protocol import Encoder
 from .errors import ImageReadError, QueryError, UnknownItem
+from .folders import under_prefix
 from .images import IMAGE_EXTENSIONS, load_image
 from .vocabulary import vocabulary
 
@@ -335,16 +336,7 @@ class Searcher:
 
     def relative_prefix(self, under: str | Path) -> str:
         """A --under argument as a path prefix relative to the root ('' for all of it)."""
-        root = self.collection.root
-        candidate = Path(under).expanduser()
-        absolute = candidate if candidate.is_absolute() else Path.cwd() / candidate
-        if not candidate.is_absolute() and not absolute.exists():
-            absolute = root / candidate
-        for form in (Path(os.path.normpath(absolute)), absolute.resolve()):
-            if form.is_relative_to(root):
-                relative = form.relative_to(root).as_posix()
-                return "" if relative == "." else relative
-        raise QueryError(f"--under {under}: not inside the indexed folder {root}")
+        return under_prefix(self.collection.root, under)
 
 
 def _check_describe(k: int, source: str) -> None:

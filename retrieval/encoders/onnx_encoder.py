@@ -20,11 +20,11 @@ from PIL import Image
 from index.manifest import ModelIdentity
 from index.vectors import normalised
 
-from .preprocess import PreprocessCfg, resize_and_crop
+from .preprocess import PreprocessCfg, PreprocessedInput, resize_and_crop
 
 
 @dataclass
-class OnnxEncoder:
+class OnnxEncoder(PreprocessedInput):
     """Embeds images and texts with ONNX Runtime sessions; an `Encoder` (see protocol.py).
 
     Only the towers asked for are loaded: a text query never pays for the image tower.
@@ -43,29 +43,6 @@ class OnnxEncoder:
     _prepacked: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
     _used: set[str] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the model's input."""
-        return self.preprocess.image_size
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.preprocess.mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.preprocess.std
-
-    @property
-    def preprocess_cfg(self) -> dict[str, Any]:
-        """The preprocessing as open_clip records it (JSON-ready)."""
-        return self.preprocess.as_dict()
-
-    @property
-    def min_side(self) -> int:
-        """The smallest image side the preprocessing needs before it resizes."""
-        return self.preprocess.min_side
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Resize and crop as open_clip's eval transform does: uint8 (H, W, 3)."""

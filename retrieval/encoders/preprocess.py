@@ -63,6 +63,35 @@ class PreprocessCfg:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
+class PreprocessedInput:
+    """What both encoders say of their input, read from their `preprocess` (a PreprocessCfg)."""
+
+    preprocess: PreprocessCfg
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return self.preprocess.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocess.std
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """The preprocessing as open_clip records it (JSON-ready)."""
+        return self.preprocess.as_dict()
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the preprocessing needs before it resizes."""
+        return self.preprocess.min_side
+
+
 def resized_size(width: int, height: int, target: int) -> tuple[int, int]:
     """(width, height) after open_clip's 'shortest' resize: the shorter side becomes target, the
     longer keeps the aspect ratio and is truncated (torchvision's size rule)."""

@@ -24,7 +24,7 @@ from index.vectors import normalised
 from .errors import ModelLoadError
 from .identity import LOCAL_DIR, model_identity
 from .identity import weights_hash as model_weights_hash
-from .preprocess import PreprocessCfg
+from .preprocess import PreprocessCfg, PreprocessedInput
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ def resolve_device(device: str = "auto") -> str:
 
 
 @dataclass
-class TorchEncoder:
+class TorchEncoder(PreprocessedInput):
     """An open_clip model ready to embed images and texts.
 
     Images travel as uint8 (n, H, W, 3) arrays made by `prepare`, the model's own resize and
@@ -87,29 +87,6 @@ class TorchEncoder:
         if self._weights_hash is None:
             self._weights_hash = model_weights_hash(self.model)
         return self._weights_hash
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the model's input."""
-        return self.preprocess.image_size
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.preprocess.mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.preprocess.std
-
-    @property
-    def preprocess_cfg(self) -> dict[str, Any]:
-        """The preprocessing as open_clip records it (JSON-ready)."""
-        return self.preprocess.as_dict()
-
-    @property
-    def min_side(self) -> int:
-        """The smallest image side the preprocessing needs before it resizes."""
-        return self.preprocess.min_side
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Resize and crop an RGB image as the model expects: uint8 (H, W, 3)."""

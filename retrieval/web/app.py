@@ -7,7 +7,6 @@ has committed so far. The routes come in groups: searches, items, files.
 
 from __future__ import annotations
 
-import posixpath
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from index.errors import CollectionError
 from ..dates import taken_range
 from ..encoders.protocol import Encoder
 from ..errors import ImageReadError, QueryError, UnknownItem
+from ..folders import folder_prefix
 from ..info import collection_info
 from ..names import printable
 from ..search import Hit, Searcher, TextHit, parse_text_query
@@ -166,7 +166,7 @@ def _search_routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
         before: Before = "",
     ) -> list[HitOut]:
         """Images for a text query: `beach - people`, `sunset +2:sea` (weights, `-` subtracts)."""
-        terms, prefix, taken = parse_text_query(q), _folder_prefix(folder), _taken(after, before)
+        terms, prefix, taken = parse_text_query(q), folder_prefix(folder), _taken(after, before)
         with _timed(response, "encode"), engine.encoding() as searcher:
             vector = searcher.embed(terms)
         with _timed(response, "search"), engine.reading() as searcher:
@@ -188,7 +188,7 @@ def _search_routes(app: FastAPI, engine: Engine, max_upload_bytes: int) -> None:
             raise NotServable(_too_large(name, max_upload_bytes), status=413)
         if not data:
             raise QueryError(f"{name}: the upload is empty")
-        prefix, taken = _folder_prefix(folder), _taken(after, before)
+        prefix, taken = folder_prefix(folder), _taken(after, before)
         # Decoded before taking the encoder's turn: a large upload never holds up a text search.
         with _timed(response, "decode"), engine.decoding() as searcher:
             pixels = searcher.prepare_image(data, name=name)
@@ -226,7 +226,7 @@ def _item_routes(app: FastAPI, engine: Engine) -> None:
         before: Before = "",
     ) -> list[HitOut]:
         """More like this: the images closest to an indexed one (itself left out)."""
-        prefix, taken = _folder_prefix(folder), _taken(after, before)
+        prefix, taken = folder_prefix(folder), _taken(after, before)
         with _timed(response, "search"), engine.reading() as searcher:
             return _hits(searcher.similar(item_id, k=k, prefix=prefix, **taken), searcher)
 
@@ -293,17 +293,6 @@ def _errors(app: FastAPI) -> None:
 
 def _too_large(name: str, limit: int) -> str:
     return f"{name} is over the upload limit of {limit // (1024 * 1024)} MiB; send a smaller image"
-
-
-def _folder_prefix(folder: str) -> str | None:
-    """A folder filter from a request, as a catalog path prefix; never looked up on disk."""
-    folder = folder.strip()
-    if not folder.strip("/"):
-        return None
-    normal = posixpath.normpath(folder.rstrip("/"))
-    if folder.startswith("/") or normal == ".." or normal.startswith("../") or "\\" in folder:
-        raise QueryError(f"folder {folder!r} must be a folder inside the collection, like 'trips'")
-    return None if normal == "." else normal
 
 
 def _taken(after: str, before: str) -> dict[str, str | None]:

@@ -13,7 +13,8 @@ from typing import Annotated
 from fastapi import FastAPI, Query
 from pydantic import BaseModel
 
-from ..duplicates import DEFAULT_THRESHOLD, DuplicateGroup, duplicate_groups, folder_prefix
+from ..duplicates import DEFAULT_THRESHOLD, DuplicateGroup, duplicate_groups
+from ..folders import folder_prefix
 from .engine import Engine
 
 MAX_GROUPS = 1000
