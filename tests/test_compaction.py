@@ -3,6 +3,9 @@ collection whose searches equal brute force over its live items."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 from integrity_helpers import (
@@ -17,6 +20,7 @@ from test_cli import cli
 from index import compaction
 from index.catalog import Catalog
 from index.collection import Collection, default_dir
+from index.errors import CollectionError
 from retrieval.indexer import index_folder
 from retrieval.search import Searcher
 from retrieval.upkeep import check_collection, compact_collection
@@ -166,3 +170,42 @@ def test_compaction_killed_at_any_point_leaves_a_consistent_collection(root, mon
     assert file_rows(root) == 6
     assert_same_state(state(root), expected)
     assert_search_is_brute_force(root, expected)
+
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+@pytest.mark.parametrize("room", [0, 200], ids=["at once", "part way"])
+def test_a_full_disk_during_compaction_is_one_error_and_loses_nothing(root, monkeypatch, room):
+    expected = state(root)
+    monkeypatch.setattr(compaction, "CHUNK", 2)  # several writes, so one can fail part way
+
+    def full_disk_open(path, mode):
+        return FullDisk(open(path, mode), room)  # FullDisk closes it
+
+    monkeypatch.setattr(compaction, "open", full_disk_open, raising=False)
+    with pytest.raises(CollectionError, match="free some space"):
+        compact_collection(default_dir(root))
+    monkeypatch.undo()
+    assert_same_state(state(root), expected)
+    assert_search_is_brute_force(root, expected)
+    assert check_collection(default_dir(root)).problems == []
+    compact_collection(default_dir(root))
+    assert file_rows(root) == 6
+    assert_same_state(state(root), expected)
