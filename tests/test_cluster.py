@@ -124,6 +124,15 @@ def test_local_cluster_gives_the_rows_and_search_results_of_one_process(
     assert report.encoded == len(PHOTOS) + 1  # a new copy is encoded, as in one process
     assert {s.path for s in report.skipped} == {"not-an-image.jpg", "empty.png", "truncated.jpg"}
     assert not (default_dir(root) / "shards").exists()
+    # Capture times come back with the shards: the driver reads no header again.
+    assert report.dated == 0
+    assert capture_sources(root) == capture_sources(reference)
+
+
+def capture_sources(root: Path) -> dict[str, str]:
+    with Collection.open(default_dir(root), readonly=True) as collection:
+        items = {i.id: i.path for i in collection.catalog.items() if i.status == "ok"}
+        return {items[i]: c.source for i, c in collection.catalog.capture_of(items).items()}
 
 
 def test_bad_files_are_skipped_with_their_reasons_not_failed_shards(

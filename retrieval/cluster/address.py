@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -46,6 +47,9 @@ def parse_cluster(text: str) -> ClusterAddress:
     raise ClusterError(f"--cluster {text}: give none, local, local:N, auto or ray://HOST:PORT")
 
 
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 @contextlib.contextmanager
 def connected(cluster: ClusterAddress) -> Iterator[None]:
     """Ray, initialised for `cluster` for the duration; a Ray already initialised in this
@@ -58,6 +62,9 @@ def connected(cluster: ClusterAddress) -> Iterator[None]:
     if cluster.kind == "local":
         options.update(num_cpus=cluster.cpus, include_dashboard=False,
                        object_store_memory=LOCAL_OBJECT_STORE_BYTES)  # fmt: skip
+        # A private cluster turns on token authentication, as it should, and says so on stderr
+        # at every start; that line is noise between the user and the index run's own output.
+        logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
     else:
         options["address"] = cluster.address
     try:

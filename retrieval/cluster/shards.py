@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import write_bytes_atomic
+from index.capture import CaptureTime
 
 from ..pipeline import Decoded
 from ..remote_encoding import EncodedBatch
@@ -91,8 +92,11 @@ def write_shard(folder: Path, shard: Shard, results: list[Decoded], vectors: np.
 def _row(result: Decoded) -> list:
     kind = ERROR if result.error is not None else KNOWN if result.known else ENCODED
     file = result.file
+    capture = result.capture
+    taken = None if capture is None else [capture.taken, capture.offset, capture.source,
+                                          capture.camera]  # fmt: skip
     return [file.path, file.size, file.mtime_ns, result.hash, result.width, result.height,
-            kind, result.error]  # fmt: skip
+            kind, result.error, taken]  # fmt: skip
 
 
 def read_shard(folder: Path, shard: Shard) -> ShardResult | None:
@@ -107,12 +111,15 @@ def read_shard(folder: Path, shard: Shard) -> ShardResult | None:
         return None
     results = []
     for file, row in zip(shard.files, rows, strict=True):
-        path, size, mtime_ns, digest, width, height, kind, error = row
+        path, size, mtime_ns, digest, width, height, kind, error, taken = row
         if (path, size, mtime_ns) != (file.path, file.size, file.mtime_ns):
             return None
         error = error if kind == ERROR else None
         size = {"width": width, "height": height}
-        results.append(Decoded(file, hash=digest, known=kind == KNOWN, error=error, **size))
+        capture = None if taken is None else CaptureTime(*taken)
+        results.append(
+            Decoded(file, hash=digest, known=kind == KNOWN, error=error, capture=capture, **size)
+        )
     vectors = np.load(io.BytesIO(data))
     if len(vectors) != record.get("encoded") or len(vectors) != sum(r[6] == ENCODED for r in rows):
         return None
