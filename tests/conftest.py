@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +19,11 @@ from tiny_model import make_tiny_model
 from index.manifest import ModelIdentity
 from retrieval.encoders import load_encoder
 from retrieval.encoders.torch_encoder import TorchEncoder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's private cache goes with the run."""
+    shutil.rmtree(os.environ["RETRIEVAL_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
