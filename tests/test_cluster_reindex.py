@@ -19,9 +19,10 @@ from test_cli import assert_one_line_error, cli
 
 pytest.importorskip("ray")
 
-from index import vector_index
+from index import ann, parts, vector_index
 from index.collection import Collection, NewImage
 from index.manifest import ModelIdentity
+from index.vectors import EmbeddingStore
 from retrieval.cluster import ClusterError, parse_cluster
 from retrieval.cluster.address import connected
 from retrieval.cluster.reindexing import REINDEX_DIRNAME, add_part, reindex_on_cluster
@@ -30,7 +31,7 @@ from retrieval.upkeep import reindex
 WORKTREE = Path(__file__).resolve().parent.parent
 DIM = 32
 N = 3000
-IVF_FLAT, IVF_PQ = "IVF16,Flat", "OPQ8,IVF16,PQ8x4"
+IVF_FLAT, IVF_PQ = "IVF16,Flat", "IVF16,PQ8x4"
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +78,16 @@ def recall(found: np.ndarray, ids: np.ndarray, stored: np.ndarray, queries: np.n
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory) -> dict[str, Path]:
-    """For each factory, a collection reindexed in one process."""
-    vectors = unit_vectors(N, seed=1)
-    built = {}
-    for factory in (IVF_FLAT, IVF_PQ):
-        directory = make_collection(tmp_path_factory.mktemp("one") / "c", vectors)
-        reindex(directory, factory=factory)
-        built[factory] = directory
-    return built
+    """Per factory, a collection reindexed in one process (built when first asked for)."""
+
+    class Built(dict):
+        def __missing__(self, factory: str) -> Path:
+            directory = make_collection(tmp_path_factory.mktemp("one") / "c", unit_vectors(N, 1))
+            reindex(directory, factory=factory)
+            self[factory] = directory
+            return directory
+
+    return Built()
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,20 @@ def test_a_parallel_build_answers_as_the_single_process_build(
         assert recall(found, ids, stored, queries) == 1.0
     assert tuning.parameter == "nprobe"
     assert not (directory / REINDEX_DIRNAME).exists()
+
+
+@pytest.mark.parametrize("factory", [IVF_FLAT, "IVF16,PQ8x4", "OPQ4,IVF16,PQ4x4", "IVF16,SQ8"])
+def test_parts_merged_in_order_are_the_index_one_process_fills(tmp_path, factory):
+    vectors = unit_vectors(1000, seed=4)
+    store = EmbeddingStore(tmp_path / "e.bin", DIM, "float16")
+    store.write(0, vectors)
+    rows, ids = np.arange(1000), np.arange(1000) * 7 + 3
+    trained = parts.to_bytes(ann.trained(factory, store.view(rows), ids, dim=DIM))
+    whole = parts.from_bytes(trained)
+    ann.add_rows(whole, store.view(rows), ids, 0, 1000)  # as ann.build adds them
+    ranges = [(0, 300), (300, 301), (301, 1000)]
+    filled = [parts.fill(trained, store, rows[a:b], ids[a:b], threads=1) for a, b in ranges]
+    assert parts.to_bytes(parts.merged(trained, filled)) == parts.to_bytes(whole)
 
 
 def add_dying_once(task):

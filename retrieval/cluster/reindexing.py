@@ -147,14 +147,12 @@ class ParallelBuild:
             ann.add_rows(index, vectors, ids, 0, len(ids))
             return index
         trained_sha = hashlib.sha256(trained).hexdigest()
-        ranges = [(s, min(s + self.shard_size, len(ids))) for s in range(0, len(ids), self.shard_size)]
-        tasks = [self._task(vectors, ids, trained_path, trained_sha, start, stop)
-                 for start, stop in ranges]  # fmt: skip
-        _remove_all_but(self.folder, {trained_path.name} | {f"{t.name}{s}" for t in tasks
-                                                           for s in (".index", ".json")})  # fmt: skip
+        tasks = [self._task(vectors, ids, trained_path, trained_sha, start)
+                 for start in range(0, len(ids), self.shard_size)]  # fmt: skip
+        keep = {f"{task.name}{suffix}" for task in tasks for suffix in (".index", ".json")}
+        _remove_all_but(self.folder, keep | {trained_path.name})
         self._fill(tasks)
-        total = len(tasks)
-        self.progress(ReindexProgress("merge", 0, total))
+        self.progress(ReindexProgress("merge", 0, len(tasks)))
         return parts.merged(trained, self._parts(tasks))
 
     def _trained(self, path: Path, factory: str, vectors: StoredVectors, ids: np.ndarray,
@@ -169,7 +167,9 @@ class ParallelBuild:
         return data
 
     def _task(self, vectors: StoredVectors, ids: np.ndarray, trained: Path, trained_sha: str,
-              start: int, stop: int) -> PartTask:  # fmt: skip
+              start: int) -> PartTask:  # fmt: skip
+        """The task of the rows from start, shard_size of them or as many as are left."""
+        stop = min(start + self.shard_size, len(ids))
         store = vectors.store
         rows, part_ids = vectors.rows[start:stop], ids[start:stop]
         name = f"part-{start:012d}-{_digest(trained_sha, part_ids, rows)}"
