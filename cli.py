@@ -742,11 +742,31 @@ def reindex_command(
         None, "--target-recall", help="Recall@10 against exact search to tune for (0.95)."
     ),
     index: Path | None = IndexOption,
+    cluster: str = typer.Option(
+        "none",
+        "--cluster",
+        help="Where to fill an IVF index: none (this process), local[:N], auto or "
+        "ray://HOST:PORT. The collection must be on storage every worker can read.",
+    ),
+    shard_size: int = typer.Option(
+        100_000, "--shard-size", help="With --cluster: stored vectors per task."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Rebuild the image index from the stored embeddings (nothing is encoded again)."""
     from retrieval.errors import RetrievalError
     from retrieval.upkeep import reindex
+
+    if cluster != "none":
+        from retrieval.cluster.reindexing import reindex_on_cluster
+
+        def reindex(*args: Any, **options: Any) -> Any:
+            def progress(event: Any) -> None:
+                if event.phase == "note":
+                    err.print(f"note: {event.message}", markup=False)
+
+            return reindex_on_cluster(*args, cluster=cluster, shard_size=shard_size,
+                                      progress=progress, **options)  # fmt: skip
 
     with user_errors():
         if auto and factory:

@@ -2,6 +2,7 @@
 
     python benchmarks/cluster.py                       # 160 JPEGs of 640x480, ViT-B-32
     python benchmarks/cluster.py --n 400 --clusters local:2 local:4 --shard-size 50
+    python benchmarks/cluster.py --only-reindex --reindex-n 200000   # reindex time alone
 
 For each way of running (`none`: the ordinary single process; `local:N`: a private Ray cluster
 of N CPU slots on this machine) it indexes the same folder into a fresh collection and reports
@@ -10,6 +11,10 @@ against one process, and the cost of a driver restart: a run stopped after half 
 committed, then run again (what the second run encodes and how long it takes). ViT-B-32 runs
 with random weights (speed does not depend on them), on ONNX Runtime. Prints a table and
 writes JSON (--out).
+
+Reindex: the time `reindex --factory IVF...,PQ64np` takes over --reindex-n stored synthetic
+vectors of 512-d, in one process and with its lists filled by --clusters tasks (`reindex` in
+the JSON; the search results of every build are checked equal to one process's).
 """
 
 from __future__ import annotations
@@ -118,7 +123,10 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=40)
     parser.add_argument("--clusters", nargs="+", default=["local:2", "local:4"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cluster.json"))
+    add_reindex_arguments(parser)
     args = parser.parse_args()
+    if args.only_reindex:
+        return record_reindex(args)
     width, height = map(int, args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -144,6 +152,104 @@ def main() -> None:
             "machine": platform.machine(), "model": "ViT-B-32, random weights"}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
+    record_reindex(args)
+
+
+# -- reindex --------------------------------------------------------------------------------------
+
+
+def add_reindex_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reindex-n", type=int, default=200_000, help="stored vectors (0: skip)")
+    parser.add_argument("--reindex-dim", type=int, default=512)
+    parser.add_argument("--reindex-shard-size", type=int, default=25_000)
+    parser.add_argument("--only-reindex", action="store_true", help="measure reindex alone")
+
+
+def synthetic_collection(directory: Path, n: int, dim: int) -> Path:
+    """n clustered unit vectors of dim stored float16, as n indexed images would leave them."""
+    from index.collection import Collection, NewImage
+    from index.manifest import ModelIdentity
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((256, dim)).astype(np.float32)
+    collection = Collection.create(directory, root=directory.parent, model=ModelIdentity("m"),
+                                   dim=dim)  # fmt: skip
+    with collection, collection.locked():
+        for start in range(0, n, 50_000):
+            m = min(50_000, n - start)
+            x = centres[rng.integers(0, 256, m)] + 0.8 * rng.standard_normal((m, dim))
+            x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+            files = [NewImage(f"{i}.jpg", 1, 1, f"h{i}", 1, 1) for i in range(start, start + m)]
+            collection.append_images(x, files)
+    return directory
+
+
+def measure_reindex(directory: Path, factory: str, cluster: str, shard_size: int) -> dict:
+    """One reindex of the collection: seconds in all, and (on a cluster) training and filling."""
+    import resource
+
+    from index import vector_index
+    from retrieval.cluster.reindexing import reindex_on_cluster
+
+    marks: dict[str, float] = {}
+
+    def progress(event) -> None:
+        marks.setdefault(event.phase, time.perf_counter())
+
+    address = parse_cluster(cluster)
+    with connected(address) if address.kind != "none" else _nothing():
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        tuning = reindex_on_cluster(directory, cluster=cluster, factory=factory,
+                                    shard_size=shard_size, progress=progress)  # fmt: skip
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    index = vector_index.load(directory / "index.faiss")
+    queries = np.random.default_rng(1).standard_normal((200, index.d)).astype(np.float32)
+    _, found = vector_index.search(index, queries, 10, params={"nprobe": 16})
+    row = {"cluster": cluster, "seconds": round(seconds, 2),
+           "driver_cpu_s": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 2),
+           "recall": round(tuning.recall, 3), "found": found}  # fmt: skip
+    if "shard" in marks:
+        row["train_s"] = round(marks["shard"] - marks["train"], 2)
+        row["fill_and_merge_s"] = round(marks.get("merge", marks["shard"]) - marks["shard"], 2)
+    return row
+
+
+def record_reindex(args: argparse.Namespace) -> None:
+    """Measure reindex in one process and on each cluster; print it and add it to --out."""
+    import tempfile
+
+    from index.ann import ivf_lists
+
+    if args.reindex_n <= 0:
+        return
+    n, dim = args.reindex_n, args.reindex_dim
+    factory = f"IVF{ivf_lists(n)},PQ{dim // 8}np"
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = synthetic_collection(Path(tmp) / "c", n, dim)
+        rows = [measure_reindex(directory, factory, c, args.reindex_shard_size)
+                for c in ["none", *args.clusters]]  # fmt: skip
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = round(base["seconds"] / row["seconds"], 2)
+        row["same_results_as_none"] = bool(np.array_equal(row["found"], base["found"]))
+    for row in rows:
+        del row["found"]
+    print(f"reindex {n:,} x {dim} ({factory}), {os.cpu_count()} cores, "
+          f"{args.reindex_shard_size:,} vectors a task")  # fmt: skip
+    print("{:10} {:>9} {:>8} {:>8} {:>10} {:>8} {:>6}".format(
+        "cluster", "seconds", "train s", "fill s", "driver cpu", "speedup", "same"))  # fmt: skip
+    for row in rows:
+        print(f"{row['cluster']:10} {row['seconds']:9.2f} {row.get('train_s', 0):8.2f} "
+              f"{row.get('fill_and_merge_s', 0):8.2f} {row['driver_cpu_s']:10.2f} "
+              f"{row['speedup']:8.2f} {row['same_results_as_none']!s:>6}")  # fmt: skip
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result["reindex"] = {"n": n, "dim": dim, "factory": factory, "cpus": os.cpu_count(),
+                         "shard_size": args.reindex_shard_size, "runs": rows}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote reindex to {args.out}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import exact
 from ._faiss import faiss
-from .inspect import depth_parameter, holds_ids
+from .inspect import depth_parameter, holds_ids, ivf
 from .vectors import as_float32
 
 CHUNK = 65_536
@@ -147,7 +147,14 @@ def build(factory: str, vectors: Any, ids: np.ndarray, *, dim: int, seed: int = 
     Trainable indexes are trained on a seeded sample of the vectors. IVF indexes hold the ids
     in their lists (they add and remove by id themselves); others are wrapped in an IndexIDMap.
     """
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    index = trained(factory, vectors, ids, dim=dim, seed=seed)
+    add_rows(index, vectors, ids, 0, len(ids))
+    return index
+
+
+def trained(factory: str, vectors: Any, ids: np.ndarray, *, dim: int, seed: int = 0) -> faiss.Index:
+    """The empty index `build` fills: made from factory and, if it needs it, trained on the
+    seeded sample of vectors (n, dim) that `build` trains on."""
     try:
         inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -164,10 +171,23 @@ def build(factory: str, vectors: Any, ids: np.ndarray, *, dim: int, seed: int = 
         sample = training_size(factory, len(ids)) or len(ids)
         rows = np.random.default_rng(seed).choice(len(ids), size=sample, replace=False)
         index.train(as_float32(vectors[np.sort(rows)], dim))
-    for start in range(0, len(ids), CHUNK):
-        stop = min(start + CHUNK, len(ids))
-        index.add_with_ids(as_float32(vectors[start:stop], dim), ids[start:stop])
     return index
+
+
+def add_rows(index: faiss.Index, vectors: Any, ids: np.ndarray, start: int, stop: int) -> None:
+    """Add vectors[start:stop] (float32 rows of index.d) keyed by ids[start:stop], in chunks."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    for first in range(start, stop, CHUNK):
+        last = min(first + CHUNK, stop)
+        index.add_with_ids(as_float32(vectors[first:last], index.d), ids[first:last])
+
+
+def merge_lists(into: faiss.Index, part: faiss.Index) -> None:
+    """Append the inverted lists of part to those of into: two IVF indexes made from the same
+    trained index, each holding its own ids. Adding two row ranges to two copies and merging
+    them leaves every list as adding both ranges, in order, to one index would."""
+    ivf(into).merge_from(ivf(part), 0)
+    into.ntotal = ivf(into).ntotal
 
 
 def search_parameters(

@@ -21,7 +21,7 @@ from . import compaction, opening, provenance
 from .catalog import IMAGE, STATUS_OK, TEXT, Catalog, Item
 from .compaction import Compaction
 from .errors import CollectionError, CollectionLocked, CollectionNotFound, ModelMismatch
-from .indexes import CollectionIndexes
+from .indexes import Builder, CollectionIndexes
 from .layout import CATALOG, LOCK, MANIFEST, SPACES
 from .manifest import Manifest, ModelIdentity
 from .opening import default_dir, find_collection, resolve_dir  # noqa: F401 (re-exported)
@@ -365,16 +365,18 @@ class Collection:
         *,
         memory_budget: int | None = None,
         target_recall: float | None = None,
+        build: Builder | None = None,
     ) -> Tuning:
         """Rebuild the image index from the stored embeddings, encoding nothing.
 
         factory: a FAISS factory string, or None to choose one from the size and memory_budget
         (and keep choosing as the collection grows). The search depth is tuned to the smallest
         value reaching target_recall (default: the collection's, 0.95) against exact search.
+        build: makes the chosen factory's index (default: ann.build; see indexes.Builder).
         """
         self._require_lock("reindex()")
         return self.indexes.reindex(
-            factory, memory_budget=memory_budget, target_recall=target_recall
+            factory, memory_budget=memory_budget, target_recall=target_recall, build=build
         )
 
     def sync_index(self, kind: str = IMAGE) -> None:

@@ -4,7 +4,7 @@ saved by the writer, searched with per-call settings; small flat ones searched e
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # faiss costs a fifth of a second to import; small exact sear
     import faiss
 
     from .tuning import Tuning
+
+Builder = Callable[..., "faiss.Index"]
+"""Makes the index of a factory: (factory, vectors (n, d), ids (n,), *, dim) -> faiss.Index,
+as ann.build does."""
 
 
 class Storage(Protocol):
@@ -231,7 +235,9 @@ class CollectionIndexes:
             index.add_with_ids(rows[finite], ids[chunk][finite])
         return index
 
-    def _rebuilt(self, kind: str, ids: np.ndarray, vectors: StoredVectors) -> faiss.Index:
+    def _rebuilt(
+        self, kind: str, ids: np.ndarray, vectors: StoredVectors, build: Builder | None = None
+    ) -> faiss.Index:
         from . import ann, inspect, tuning
 
         storage = self.storage
@@ -239,7 +245,7 @@ class CollectionIndexes:
         ids, vectors = _finite(ids, vectors)
         factory = self._factory(kind, len(ids))
         try:
-            index = ann.build(factory, vectors, ids, dim=manifest.dim)
+            index = (build or ann.build)(factory, vectors, ids, dim=manifest.dim)
         except (ValueError, RuntimeError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CollectionError(f"cannot build index {factory} in {storage.dir}: {reason}") from e
@@ -266,8 +272,10 @@ class CollectionIndexes:
         *,
         memory_budget: int | None = None,
         target_recall: float | None = None,
+        build: Builder | None = None,
     ) -> Tuning:
-        """Rebuild the image index from the stored embeddings (see Collection.reindex)."""
+        """Rebuild the image index from the stored embeddings (see Collection.reindex); build
+        (default: ann.build) makes the index of the factory chosen, the same way."""
         from .tuning import Tuning
 
         manifest = self.storage.manifest
@@ -278,7 +286,7 @@ class CollectionIndexes:
         if factory is not None:
             manifest.factory = factory
         ids, vectors, version = self.storage.stored(IMAGE)
-        index = self._rebuilt(IMAGE, ids, vectors)
+        index = self._rebuilt(IMAGE, ids, vectors, build)
         self._save(IMAGE, index, version)
         return Tuning(**manifest.tuning)
 
