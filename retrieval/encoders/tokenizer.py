@@ -17,15 +17,15 @@ import html
 import importlib.util
 import marshal
 import math
+import re
 import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import islice, pairwise
 from pathlib import Path
+from typing import Any
 
-import ftfy
 import numpy as np
-import regex
 
 from index.atomic import write_bytes_atomic
 
@@ -49,25 +49,29 @@ _END_OF_WORD = "</w>"
 # run of anything else but whitespace. IGNORECASE still matters on lower-cased text, since
 # matching goes by case folding: U+0345 (a combining mark that folds to iota) counts as a letter,
 # and "<\u017ftart_of_text>" (long s folds to s) is one piece, as they are in open_clip.
-_PIECE = regex.compile(
-    "|".join(
-        [
-            regex.escape(START_OF_TEXT),
-            regex.escape(END_OF_TEXT),
-            "'s",
-            "'t",
-            "'re",
-            "'ve",
-            "'m",
-            "'ll",
-            "'d",
-            r"\p{L}+",
-            r"\p{N}",
-            r"[^\s\p{L}\p{N}]+",
-        ]
-    ),
-    regex.IGNORECASE,
-)
+_PIECE_ALTERNATIVES = [
+    START_OF_TEXT,
+    END_OF_TEXT,
+    "'s",
+    "'t",
+    "'re",
+    "'ve",
+    "'m",
+    "'ll",
+    "'d",
+    r"\p{L}+",
+    r"\p{N}",
+    r"[^\s\p{L}\p{N}]+",
+]
+
+# The same pieces on plain ASCII text once lower-cased, for the standard `re`: letters are a-z,
+# digits 0-9. Importing ftfy and `regex` costs a cold query about a tenth of a second; text that
+# is printable ASCII (tabs and newlines allowed) without '&' needs neither, since ftfy leaves it
+# as it is (no mojibake, HTML entity, control character, terminal escape or \r to fix) and
+# html.unescape changes nothing without '&'.
+_ASCII_PIECE = re.compile("|".join([*map(re.escape, _PIECE_ALTERNATIVES[:9]), "[a-z]+", "[0-9]",
+                                     r"[^\sa-z0-9]+"]))  # fmt: skip
+_PLAIN_ASCII = re.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
 
 # Words seen by one tokenizer are remembered; past this many the memory is dropped and regrown,
 # so a long-running service fed arbitrary queries stays bounded.
@@ -184,8 +188,36 @@ def _build_tables(vocabulary_path: Path) -> Tables:
 
 def _clean(text: str) -> str:
     """open_clip's 'lower' cleaning: fix mojibake, unescape HTML twice, squeeze spaces, lower."""
+    import ftfy
+
     text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).lower()
+
+
+def is_plain_ascii(text: str) -> bool:
+    """Whether text takes the ASCII path: printable ASCII, tabs and newlines, and no '&'."""
+    return _PLAIN_ASCII.fullmatch(text) is not None
+
+
+@lru_cache(maxsize=1)
+def _unicode_piece() -> Any:
+    """The pieces of any cleaned text, with `regex` (Unicode letter and number classes)."""
+    import regex
+
+    special = [regex.escape(token) for token in _PIECE_ALTERNATIVES[:2]]
+    return regex.compile("|".join([*special, *_PIECE_ALTERNATIVES[2:]]), regex.IGNORECASE)
+
+
+def pieces(text: str) -> list[str]:
+    """The pieces of text that BPE encodes one by one, after open_clip's cleaning."""
+    if is_plain_ascii(text):
+        return _ASCII_PIECE.findall(" ".join(text.split()).lower())
+    return reference_pieces(text)
+
+
+def reference_pieces(text: str) -> list[str]:
+    """As pieces, always through ftfy and `regex`, as open_clip does it."""
+    return _unicode_piece().findall(_clean(text))
 
 
 def _merge(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -248,7 +280,7 @@ class ClipTokenizer:
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, cleaned first, without sot or eot (as SimpleTokenizer.encode)."""
         ids: list[int] = []
-        for piece in _PIECE.findall(_clean(text)):
+        for piece in pieces(text):
             word = self._words.get(piece)
             if word is None:
                 word = self._encode_word(piece)
