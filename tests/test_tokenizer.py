@@ -267,7 +267,7 @@ def mismatches(ours: np.ndarray, theirs: np.ndarray, texts: list[str]) -> list[s
 
 
 def test_vocabulary_is_open_clips(reference) -> None:
-    _, ids, ranks = tokenizer_module._tables()
+    _, ids, ranks = tokenizer_module._tables().full()
     assert ids == reference.encoder
     assert ranks == reference.bpe_ranks
     tokenizer = load_tokenizer()
@@ -379,7 +379,7 @@ def test_stored_tables_give_open_clips_ids(reference, fresh_tables, monkeypatch)
     monkeypatch.setattr(tokenizer_module, "_build_tables", no_build)
     ours = ClipTokenizer()(CORPUS)
     assert mismatches(ours, reference(CORPUS).numpy(), CORPUS) == []
-    _, ids, ranks = tokenizer_module._tables()
+    _, ids, ranks = tokenizer_module._tables().full()
     assert ids == reference.encoder
     assert ranks == reference.bpe_ranks
 
@@ -457,3 +457,14 @@ def test_an_ascii_query_imports_neither_ftfy_nor_regex_and_other_text_does() -> 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["[]", "['ftfy', 'regex']"]
+
+
+def test_a_query_unpacks_few_buckets_and_gets_open_clips_ids(reference, fresh_tables) -> None:
+    ClipTokenizer()  # builds and stores the tables
+    tokenizer_module._tables.cache_clear()
+    tokenizer = ClipTokenizer()  # reads them back
+    texts = ["a red car parked by the sea", "Don't stop: 42 dogs!", "caf\u00e9 \U0001f436"]
+    np.testing.assert_array_equal(tokenizer(texts), reference(texts).numpy())
+    tables = tokenizer_module._tables()
+    assert 0 < len(tables._unpacked) < len(tables._buckets) // 20
+    assert len(tables.ranks) < 48_894 // 4
