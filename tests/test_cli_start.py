@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import write_photos
 
 import cli
+from retrieval.encoders import load_onnx_encoder
+from retrieval.indexer import index_folder
+from retrieval.search import Searcher, parse_query
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,3 +125,27 @@ def test_help_is_typers_own(tmp_path) -> None:
     assert ours.returncode == theirs.returncode == 0
     assert ours.stdout == theirs.stdout
     assert "--taken-after" in ours.stdout
+
+
+def test_a_cold_text_search_loads_only_what_it_needs_and_ranks_like_torch(
+    tmp_path, monkeypatch, encoder, tiny_model
+) -> None:
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "photos"
+    write_photos(root, [f"p{i}.jpg" for i in range(10)])
+    index_folder(root, model=tiny_model, encoder=encoder)
+    load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    with Searcher.open(root / ".retrieval", encoder=encoder) as searcher:
+        expected = [h.path.name for h in searcher.search(parse_query(["a dog on a beach"]), k=4)]
+    unneeded = ("pydantic", "PIL", "ftfy", "regex", "rich", "torch", "open_clip", "faiss")
+    argv = ["retrieval", "search", "a dog on a beach", "-k", "4", "--paths", "--backend", "onnx",
+            "--index", str(root / ".retrieval")]  # fmt: skip
+    done = run(
+        "import atexit, sys",
+        f"atexit.register(lambda: print(sorted(m for m in {unneeded!r} if m in sys.modules), "
+        "file=sys.stderr))",
+        f"sys.argv = {argv!r}", "import cli", "cli.app()",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [Path(line).name for line in done.stdout.splitlines()] == expected
+    assert done.stderr.strip() == "[]"
