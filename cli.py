@@ -75,7 +75,7 @@ def _no_options() -> None:
 _UNSURE = object()
 _INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
 _FLOAT = re.compile(r"-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})(?:[eE][+-]?[0-9]{1,3})?")
-_PLAIN_PATH_FLAGS = dict(exists=False, file_okay=True, dir_okay=True, writable=False,
+_PLAIN_FLAGS = dict(exists=False, file_okay=True, dir_okay=True, writable=False,
                          readable=True, resolve_path=False, allow_dash=False, path_type=None,
                          parser=None, clamp=False)  # fmt: skip
 
@@ -109,7 +109,7 @@ class _Conversion:
             hasattr(param, "_runtime_param")
             and getattr(descriptor, "file_annotation", True) is None
             and any(descriptor.annotation == known for known in cls.KINDS)  # type: ignore[union-attr]
-            and all(getattr(info, flag, not v) == v for flag, v in _PLAIN_PATH_FLAGS.items())
+            and all(getattr(info, flag, not v) == v for flag, v in _PLAIN_FLAGS.items())
         )
 
     @classmethod
