@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import typer
 
@@ -51,10 +51,17 @@ class _App(typer.Typer):
         chosen = [c for c in self.registered_commands if c.name == name]
         if args or kwargs or not chosen:
             return super().__call__(*args, **kwargs)
+        return self.only(name)()
+
+    def only(self, name: str) -> Any:
+        """The click group holding only the command `name`, its plain values converted here."""
         only = typer.Typer(**self._settings)
-        only.registered_commands = chosen
+        only.registered_commands = [c for c in self.registered_commands if c.name == name]
         only.callback(help=self.info.help)(_no_options)
-        return only()
+        group = typer.main.get_command(only)
+        for command in [group, *getattr(group, "commands", {}).values()]:
+            _Conversion.fit(command)
+        return group
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
@@ -63,6 +70,107 @@ class _App(typer.Typer):
 
 def _no_options() -> None:
     """A group callback without options, so that the one command keeps its name."""
+
+
+_UNSURE = object()
+_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
+_FLOAT = re.compile(r"-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})(?:[eE][+-]?[0-9]{1,3})?")
+_PLAIN_FLAGS = dict(exists=False, file_okay=True, dir_okay=True, writable=False,
+                         readable=True, resolve_path=False, allow_dash=False, path_type=None,
+                         parser=None, clamp=False)  # fmt: skip
+
+
+class _Conversion:
+    """Typer 0.29's conversion of a parameter's value, done in Python for the plain cases.
+
+    Typer converts every value (the defaults too) through a pydantic TypeAdapter, and importing
+    pydantic costs a cold search about a tenth of a second. A str, a list of str, a plain int or
+    decimal within its bounds, a bool, and a Path without checks are converted here as typer would
+    convert them; any other value (a bad one, whose message must be typer's) goes to typer's own
+    conversion. Fitted only where typer exposes what it converts by (a later typer without them
+    just converts as usual).
+    """
+
+    KINDS: ClassVar[dict[Any, str]] = {str: "str", int: "int", float: "float", Path: "path",
+                                       list[str]: "strs", bool: "bool"}  # fmt: skip
+
+    KIND_TYPES: ClassVar[dict[str, type]] = {"str": str, "bool": bool}
+
+    def __init__(self, param: Any) -> None:
+        self.info = param.type_descriptor.parameter_info
+        self.kind = self.KINDS[param.type_descriptor.annotation]
+        self.multiple = param.multiple or param.nargs == -1
+
+    @classmethod
+    def fits(cls, param: Any) -> bool:
+        descriptor = getattr(param, "type_descriptor", None)
+        info = getattr(descriptor, "parameter_info", None)
+        return (
+            hasattr(param, "_runtime_param")
+            and getattr(descriptor, "file_annotation", True) is None
+            and any(descriptor.annotation == known for known in cls.KINDS)  # type: ignore[union-attr]
+            and all(getattr(info, flag, not v) == v for flag, v in _PLAIN_FLAGS.items())
+        )
+
+    @classmethod
+    def fit(cls, command: Any) -> None:
+        """Convert the command's parameters here, its --help option too (made on first use)."""
+        for param in command.params:
+            if cls.fits(param):
+                param._runtime_param = cls(param)
+        help_option = command.get_help_option
+
+        def fitted_help_option(ctx: Any) -> Any:
+            option = help_option(ctx)
+            if cls.fits(option) and option._runtime_param is None:
+                option._runtime_param = cls(option)
+            return option
+
+        command.get_help_option = fitted_help_option
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None:
+            return () if self.multiple else None
+        converted = _UNSURE if self.multiple and isinstance(value, str) else self.convert(value)
+        if converted is _UNSURE:
+            param._runtime_param = None  # typer's own conversion, from now on
+            return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+        return converted
+
+    def convert(self, value: Any) -> Any:
+        """value as typer converts it, or _UNSURE."""
+        if self.kind in ("str", "bool"):
+            return value if type(value) is self.KIND_TYPES[self.kind] else _UNSURE
+        if self.kind == "strs":
+            plain = isinstance(value, list | tuple) and all(type(v) is str for v in value)
+            return list(value) if plain else _UNSURE
+        if self.kind == "path":
+            if type(value) is not str or not value or "\0" in value:
+                return _UNSURE
+            with contextlib.suppress(OSError):
+                os.stat(value)
+                if not os.access(value, os.R_OK):
+                    return _UNSURE  # typer says it is not readable
+            return Path(value)
+        number = self.number(value)
+        if number is _UNSURE:
+            return _UNSURE
+        low, high = self.info.min, self.info.max
+        return (
+            number
+            if (low is None or number >= low) and (high is None or number <= high)
+            else _UNSURE
+        )
+
+    def number(self, value: Any) -> Any:
+        kind = int if self.kind == "int" else float
+        if type(value) is kind:
+            return value
+        pattern = _INT if kind is int else _FLOAT
+        if type(value) is str and pattern.fullmatch(value):
+            number = kind(value)
+            return number if kind is int or abs(number) < 1e300 else _UNSURE
+        return _UNSURE
 
 
 app = _App(
@@ -283,10 +391,10 @@ def _date_option(flag: str, help_start: str) -> Any:
     is opened."""
 
     def check(value: str | None) -> str | None:
-        from retrieval.dates import period
-        from retrieval.errors import QueryError
+        if value is not None:  # imported only then: retrieval.dates brings numpy and the catalog
+            from retrieval.dates import period
+            from retrieval.errors import QueryError
 
-        if value is not None:
             try:
                 period(value, option="")
             except QueryError as e:

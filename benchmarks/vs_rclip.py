@@ -1,6 +1,7 @@
 """Ours against rclip 3.3.0, the same network on both sides, the same photos, one run.
 
     python benchmarks/vs_rclip.py [--photos 48] [--megapixels 12] [--searches 5]
+    python benchmarks/vs_rclip.py --work DIR --search-only [--searches 11]
 
 rclip is installed from PyPI into a scratch venv and set up offline: it reads
 $RCLIP_DATADIR/ViT-B-32-256-datacomp_s34b_b86k/{visual,textual}.onnx (input "input", first
@@ -12,6 +13,11 @@ Each tool runs with its defaults on a new collection of N photos, then of 2N pho
 searches cold (a fresh process, median of --searches). Peak memory is the largest sum of the
 resident memory of the command's process tree, sampled every 20 ms. Prints a table with the
 ratios and writes benchmarks/results/vs_rclip.json. Not part of the test suite.
+
+--search-only reuses the N-photo collections of an earlier run in --work and measures only
+cold searches, the two tools taking turns (so that a busy machine slows both alike), with
+each search's CPU time (user + system) beside its wall time; it writes
+benchmarks/results/vs_rclip_search.json.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,6 +45,7 @@ RCLIP = "rclip==3.3.0"
 RCLIP_MODEL = "ViT-B-32-256-datacomp_s34b_b86k"
 QUERY = "a red car parked by the sea"
 RESULTS = REPO / "benchmarks" / "results" / "vs_rclip.json"
+SEARCH_RESULTS = REPO / "benchmarks" / "results" / "vs_rclip_search.json"
 
 
 def install_rclip(venv: Path) -> Path:
@@ -135,6 +143,15 @@ def tree_rss(pid: int) -> int:
 
 def measure(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
     """(wall seconds, peak MiB of the process tree, stdout) of one run of command."""
+    wall, peak, out, _ = measure_cpu(command, cwd, env)
+    return wall, peak, out
+
+
+def measure_cpu(
+    command: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[float, float, str, float]:
+    """As measure, plus the CPU seconds (user + system) of the command and its children."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -156,7 +173,9 @@ def measure(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, 
     sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{errors[-3000:]}")
-    return wall, peak / 2**20, out
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, peak / 2**20, out, cpu
 
 
 def main() -> None:
@@ -165,7 +184,17 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=12.0)
     parser.add_argument("--searches", type=int, default=5)
     parser.add_argument("--work", type=Path, default=None, help="Keep the scratch files here.")
+    parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="Only cold searches, on the collections of an earlier run in --work.",
+    )
     args = parser.parse_args()
+    if args.search_only:
+        if args.work is None:
+            raise SystemExit("--search-only needs --work: the folder of an earlier run")
+        search_only(args.work, args.photos, args.searches)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="vs-rclip-"))
     work.mkdir(parents=True, exist_ok=True)
     rclip = install_rclip(work / "rclip-venv")
@@ -208,6 +237,62 @@ def main() -> None:
                 results[tool] = [Path(line).name for line in runs[0][2].split()]
             print(f"{tool} {n}: {row}", file=sys.stderr)
     report(rows, results, args, work)
+
+
+def search_commands(work: Path, n: int) -> dict[str, tuple[list[str], Path, dict[str, str]]]:
+    """(command, folder, environment) of a cold search for each tool, as main runs it."""
+    base = {k: v for k, v in os.environ.items() if k != "RETRIEVAL_INDEX"}
+    base.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RETRIEVAL_CACHE=str(work / "cache"))
+    ours = [sys.executable, str(REPO / "cli.py"), "search", QUERY, "-k", "5", "--paths"]
+    rclip = [str(work / "rclip-venv" / "bin" / "rclip"), "--no-indexing", "--top", "5",
+             "--filepath-only", QUERY]  # fmt: skip
+    return {
+        "ours": (ours, work / f"ours-{n}", base),
+        "rclip": (
+            rclip,
+            work / f"rclip-{n}",
+            {**base, "RCLIP_DATADIR": str(work / f"rclip-data-{n}")},
+        ),
+    }
+
+
+def search_only(work: Path, n: int, searches: int) -> None:
+    """Cold searches only, the tools taking turns; prints a table and writes its JSON."""
+    commands = search_commands(work, n)
+    for _, folder, _ in commands.values():
+        if not folder.is_dir():
+            raise SystemExit(
+                f"{folder} is missing: run the whole benchmark with --work {work} first"
+            )
+    runs: dict[str, list[tuple[float, float, str, float]]] = {tool: [] for tool in commands}
+    for _ in range(searches):
+        for tool, (command, folder, env) in commands.items():
+            runs[tool].append(measure_cpu(command, folder, env))
+    rows = {
+        tool: {
+            "wall_s": statistics.median(r[0] for r in done),
+            "cpu_s": statistics.median(r[3] for r in done),
+            "peak_mib": max(r[1] for r in done),
+            "top5": [Path(line).name for line in done[0][2].split()],
+        }
+        for tool, done in runs.items()
+    }
+    ours, theirs = rows["ours"], rows["rclip"]
+    print(
+        f"| cold search, median of {searches}, taking turns | ours | rclip 3.3.0 | ours / rclip |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, key in (("wall time, s", "wall_s"), ("CPU time (user + system), s", "cpu_s"),
+                      ("peak memory, MiB", "peak_mib")):  # fmt: skip
+        print(f"| {name} | {ours[key]:.3f} | {theirs[key]:.3f} | {ours[key] / theirs[key]:.2f} |")
+    same = ours["top5"] == theirs["top5"]
+    print(f"top 5 the same on both sides: {same}; load average {os.getloadavg()[0]:.1f}")
+    SEARCH_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    SEARCH_RESULTS.write_text(json.dumps({
+        "photos": n, "searches": searches, "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(), "rows": rows, "same_top5": same,
+    }, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {SEARCH_RESULTS.relative_to(REPO)}")
 
 
 def report(rows, results, args, work: Path) -> None:

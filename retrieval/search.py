@@ -25,7 +25,6 @@ from .dates import When, taken_range
 from .encoders.protocol import Encoder
 from .errors import ImageReadError, QueryError, UnknownItem
 from .folders import under_prefix
-from .images import IMAGE_EXTENSIONS, load_image
 from .vocabulary import vocabulary
 
 TermKind = Literal["text", "image"]
@@ -70,6 +69,8 @@ def parse_term(raw: str, kind: TermKind | None = None, *, negative: bool = False
         if not abs(weight) <= 1e6:  # beyond that a weighted sum overflows float32
             raise QueryError(f"weight {match.group(1)} in {raw!r} is too large; use one up to 1e6")
     if kind is None:
+        from .images import IMAGE_EXTENSIONS  # Pillow, only for a term that may be a file
+
         looks_like_image = os.path.splitext(value)[1].lower() in IMAGE_EXTENSIONS
         kind = "image" if looks_like_image and os.path.isfile(value) else "text"
     if not value.strip():
@@ -196,6 +197,8 @@ class Searcher:
 
     def _prepared(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
         """Model input, decoded as indexing decodes, with the same decompression-bomb cap."""
+        from .images import load_image  # Pillow: a text query never imports it
+
         try:
             image = load_image(source, min_size=self.encoder.min_side, name=name)
         except ImageReadError as e:

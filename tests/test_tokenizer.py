@@ -267,7 +267,7 @@ def mismatches(ours: np.ndarray, theirs: np.ndarray, texts: list[str]) -> list[s
 
 
 def test_vocabulary_is_open_clips(reference) -> None:
-    _, ids, ranks = tokenizer_module._tables()
+    _, ids, ranks = tokenizer_module._tables().full()
     assert ids == reference.encoder
     assert ranks == reference.bpe_ranks
     tokenizer = load_tokenizer()
@@ -379,7 +379,7 @@ def test_stored_tables_give_open_clips_ids(reference, fresh_tables, monkeypatch)
     monkeypatch.setattr(tokenizer_module, "_build_tables", no_build)
     ours = ClipTokenizer()(CORPUS)
     assert mismatches(ours, reference(CORPUS).numpy(), CORPUS) == []
-    _, ids, ranks = tokenizer_module._tables()
+    _, ids, ranks = tokenizer_module._tables().full()
     assert ids == reference.encoder
     assert ranks == reference.bpe_ranks
 
@@ -393,3 +393,78 @@ def test_damaged_stored_tables_are_rebuilt(reference, fresh_tables) -> None:
     assert mismatches(ours, reference(CORPUS).numpy(), CORPUS) == []
     tokenizer_module._tables.cache_clear()
     assert tokenizer_module._read_stored_tables(stored) is not None  # whole again
+
+
+def ascii_fuzz(count: int, seed: int) -> list[str]:
+    """Random ASCII texts: words, digits, punctuation, apostrophes, entities, controls."""
+    rng = random.Random(seed)
+    parts = [
+        *"abcxyzABCXYZ0123456789",
+        *"!\"#$%'()*+,-./:;<=>?@[\\]^_`{|}~",
+        " ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x00", "\x1b[31m", "\x7f",
+        "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "n't",
+        "&amp;", "&lt;", "&#39;", "&", "&nbsp;", "&eacute;", "&EACUTE;",
+        "dog", "Beach", "SUNSET", "photo", "<start_of_text>", "<END_OF_TEXT>", "<b>",
+    ]  # fmt: skip
+    return ["".join(rng.choice(parts) for _ in range(rng.randint(0, 40))) for _ in range(count)]
+
+
+ASCII = [
+    *ascii_fuzz(400, seed=7),
+    "a red car parked by the sea",
+    "Don't STOP me now; it's 9:30pm & we're late!",
+    "fish &amp; chips",
+    "tab\tand\nnewline",
+    "carriage\rreturn",
+    "x" * 400,
+    "word " * 80,
+    "12345678901234567890",
+]
+
+
+def test_plain_ascii_takes_the_ascii_path_and_the_rest_does_not() -> None:
+    assert tokenizer_module.is_plain_ascii("a red car, 2 dogs & 'quotes'") is False  # '&'
+    assert tokenizer_module.is_plain_ascii("a red car, 2 dogs 'quotes'\tand\nlines") is True
+    for odd in ["a\rb", "a\x0bb", "a\x0cb", "a\x00b", "a\x1b[31mb", "a\x7fb", "caf\u00e9"]:
+        assert tokenizer_module.is_plain_ascii(odd) is False, odd
+    assert sum(map(tokenizer_module.is_plain_ascii, ASCII)) > 50
+
+
+def test_ascii_path_ids_match_open_clip(reference) -> None:
+    plain = [text for text in ASCII if tokenizer_module.is_plain_ascii(text)]
+    ours = ClipTokenizer()(plain)
+    assert mismatches(ours, reference(plain).numpy(), plain) == []
+    wrong = [text for text in ASCII if ClipTokenizer().encode(text) != reference.encode(text)]
+    assert wrong == []
+
+
+def test_ascii_path_pieces_match_the_ftfy_and_regex_path() -> None:
+    plain = [text for text in [*ASCII, *PLAIN, *PUNCTUATION] if text.isascii()]
+    plain = [text for text in plain if tokenizer_module.is_plain_ascii(text)]
+    wrong = [t for t in plain if tokenizer_module.pieces(t) != tokenizer_module.reference_pieces(t)]
+    assert wrong == []
+
+
+def test_an_ascii_query_imports_neither_ftfy_nor_regex_and_other_text_does() -> None:
+    code = (
+        "import sys; import retrieval.encoders.tokenizer as t; tok = t.load_tokenizer(); "
+        "tok(['a red car, parked by the sea: 2 dogs']); "
+        "print(sorted(m for m in ('ftfy', 'regex') if m in sys.modules)); "
+        "tok(['caf\\u00e9']); print(sorted(m for m in ('ftfy', 'regex') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "['ftfy', 'regex']"]
+
+
+def test_a_query_unpacks_few_buckets_and_gets_open_clips_ids(reference, fresh_tables) -> None:
+    ClipTokenizer()  # builds and stores the tables
+    tokenizer_module._tables.cache_clear()
+    tokenizer = ClipTokenizer()  # reads them back
+    texts = ["a red car parked by the sea", "Don't stop: 42 dogs!", "caf\u00e9 \U0001f436"]
+    np.testing.assert_array_equal(tokenizer(texts), reference(texts).numpy())
+    tables = tokenizer_module._tables()
+    assert 0 < len(tables._unpacked) < len(tables._buckets) // 20
+    assert len(tables.ranks) < 48_894 // 4

@@ -12,15 +12,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from index.manifest import ModelIdentity
 from index.vectors import normalised
 
 from .preprocess import PreprocessCfg, PreprocessedInput, resize_and_crop
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -111,6 +113,8 @@ def resize_and_crop(image: Image.Image, size: tuple[int, int], mode: str) -> np.
     'shortest': the shorter side to the target with bicubic, then a centre crop; 'squash':
     straight to the target size.
     """
+    from PIL import Image  # imported here: a text query never needs Pillow
+
     height, width = size
     if mode == "squash":
         return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))

@@ -17,15 +17,15 @@ import html
 import importlib.util
 import marshal
 import math
+import re
 import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import islice, pairwise
 from pathlib import Path
+from typing import Any
 
-import ftfy
 import numpy as np
-import regex
 
 from index.atomic import write_bytes_atomic
 
@@ -43,31 +43,36 @@ END_OF_TEXT = "<end_of_text>"
 # 256 end-of-word forms, the merged strings in rank order, and the two special tokens.
 _MERGE_COUNT = 49152 - 256 - 2
 _VOCABULARY_SIZE = 2 * 256 + _MERGE_COUNT + 2
+_SPECIAL = (START_OF_TEXT, END_OF_TEXT)
 _END_OF_WORD = "</w>"
 
 # A piece is a special token, an English contraction suffix, a run of letters, one digit, or a
 # run of anything else but whitespace. IGNORECASE still matters on lower-cased text, since
 # matching goes by case folding: U+0345 (a combining mark that folds to iota) counts as a letter,
 # and "<\u017ftart_of_text>" (long s folds to s) is one piece, as they are in open_clip.
-_PIECE = regex.compile(
-    "|".join(
-        [
-            regex.escape(START_OF_TEXT),
-            regex.escape(END_OF_TEXT),
-            "'s",
-            "'t",
-            "'re",
-            "'ve",
-            "'m",
-            "'ll",
-            "'d",
-            r"\p{L}+",
-            r"\p{N}",
-            r"[^\s\p{L}\p{N}]+",
-        ]
-    ),
-    regex.IGNORECASE,
-)
+_PIECE_ALTERNATIVES = [
+    START_OF_TEXT,
+    END_OF_TEXT,
+    "'s",
+    "'t",
+    "'re",
+    "'ve",
+    "'m",
+    "'ll",
+    "'d",
+    r"\p{L}+",
+    r"\p{N}",
+    r"[^\s\p{L}\p{N}]+",
+]
+
+# The same pieces on plain ASCII text once lower-cased, for the standard `re`: letters are a-z,
+# digits 0-9. Importing ftfy and `regex` costs a cold query about a tenth of a second; text that
+# is printable ASCII (tabs and newlines allowed) without '&' needs neither, since ftfy leaves it
+# as it is (no mojibake, HTML entity, control character, terminal escape or \r to fix) and
+# html.unescape changes nothing without '&'.
+_ASCII_PIECE = re.compile("|".join([*map(re.escape, _PIECE_ALTERNATIVES[:9]), "[a-z]+", "[0-9]",
+                                     r"[^\sa-z0-9]+"]))  # fmt: skip
+_PLAIN_ASCII = re.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
 
 # Words seen by one tokenizer are remembered; past this many the memory is dropped and regrown,
 # so a long-running service fed arbitrary queries stays bounded.
@@ -111,51 +116,108 @@ def _byte_symbols() -> list[str]:
 
 Tables = tuple[list[str], dict[str, int], dict[tuple[str, str], int]]
 
-TABLES_VERSION = 1
-"""Part of the stored tables' key: change it when what _build_tables returns changes."""
+TABLES_VERSION = 2
+"""Part of the stored tables' key: change it when what is stored changes."""
+
+
+class LazyTables:
+    """The byte symbols, the id of each vocabulary string and the rank of each merge, unpacked
+    a bucket at a time as words need them.
+
+    A merge (a, b) is in the bucket of the first two characters of a + b, and a vocabulary
+    string of two or more characters in the bucket of its first two: every merge and token a
+    word can use has its bucket among the word's own pairs of adjacent characters (its symbols
+    joined, '</w>' included). Byte symbols and special tokens are always there. Unpacking all
+    48,894 merges takes a cold query 0.05 to 0.1 s; a query needs a few dozen buckets of
+    some 5,000.
+    """
+
+    def __init__(self, byte_symbols: list[str], ids: dict[str, int], buckets: dict[str, bytes]):
+        self.byte_symbols = byte_symbols
+        self.ids = dict(ids)
+        self.ranks: dict[tuple[str, str], int] = {}
+        self._buckets = buckets
+        self._unpacked: set[str] = set()
+
+    def unpack(self, word: str) -> None:
+        """Make the merges and tokens of word (its symbols joined) available."""
+        for i in range(len(word) - 1):
+            key = word[i : i + 2]
+            if key not in self._unpacked:
+                blob = self._buckets.get(key)
+                if blob is not None:
+                    ranks, ids = marshal.loads(blob)
+                    self.ranks.update(ranks)
+                    self.ids.update(ids)
+                # Marked after the update: a thread that sees the mark sees the entries.
+                self._unpacked.add(key)
+
+    def full(self) -> Tables:
+        """All of the tables."""
+        for key in list(self._buckets):
+            self.unpack(key)
+        return self.byte_symbols, self.ids, self.ranks
+
+
+def packed(tables: Tables) -> tuple[list[str], dict[str, int], dict[str, bytes]]:
+    """The tables as LazyTables reads them: (byte symbols, always-there ids, buckets)."""
+    byte_symbols, ids, ranks = tables
+    base = {token: i for token, i in ids.items() if len(token) == 1 or token in _SPECIAL}
+    buckets: dict[str, tuple[dict[tuple[str, str], int], dict[str, int]]] = {}
+    for pair, rank in ranks.items():
+        buckets.setdefault((pair[0] + pair[1])[:2], ({}, {}))[0][pair] = rank
+    for token, i in ids.items():
+        if token not in base:
+            buckets.setdefault(token[:2], ({}, {}))[1][token] = i
+    return byte_symbols, base, {key: marshal.dumps(bucket) for key, bucket in buckets.items()}
 
 
 @lru_cache(maxsize=1)
-def _tables() -> Tables:
-    """(byte symbols, token id of each vocabulary string, rank of each merge), read once.
+def _tables() -> LazyTables:
+    """The tables, read once; every tokenizer shares them whatever its context length.
 
-    Every tokenizer shares these read-only tables whatever its context length. Building them
-    from the merges file takes a cold query a sixth of a second; they are stored in the cache
-    directory, keyed by the file's SHA-256 and the Python version (marshal's format), and read
-    back in a fraction of that.
+    Building them from the merges file takes a cold query a sixth of a second; they are stored
+    in the cache directory, keyed by the file's path, size and modification time and by the
+    Python version (marshal's format), and read back in bucket form (see LazyTables).
     """
     vocabulary = vocabulary_file()
     stored = _stored_tables_path(vocabulary)
     tables = _read_stored_tables(stored)
     if tables is None:
-        tables = _build_tables(vocabulary)
+        tables = packed(_build_tables(vocabulary))
         _store_tables(stored, tables)
-    return tables
+    return LazyTables(*tables)
 
 
 def _stored_tables_path(vocabulary: Path) -> Path:
-    digest = hashlib.sha256(vocabulary.read_bytes()).hexdigest()[:24]
+    stat = vocabulary.stat()
+    key = f"{vocabulary.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode(
+        "utf-8", "surrogateescape"
+    )
+    digest = hashlib.sha256(key).hexdigest()[:24]
     python = "".join(map(str, sys.version_info[:2]))
     return cache_dir() / "tokenizer" / f"{digest}-v{TABLES_VERSION}-py{python}.marshal"
 
 
-def _read_stored_tables(path: Path) -> Tables | None:
+def _read_stored_tables(path: Path) -> tuple[list[str], dict[str, int], dict[str, bytes]] | None:
     """The stored tables, or None if there are none or they are not whole (then rebuilt)."""
     try:
         tables = marshal.loads(path.read_bytes())
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if not (isinstance(tables, tuple) and len(tables) == 3 and len(tables[1]) == _VOCABULARY_SIZE):
+    if not (isinstance(tables, tuple) and len(tables) == 4 and tables[3] == _VOCABULARY_SIZE):
         return None
-    byte_symbols, ids, ranks = tables
-    return list(byte_symbols), ids, ranks
+    byte_symbols, base, buckets, _ = tables
+    if len(byte_symbols) != 256 or not isinstance(base, dict) or not isinstance(buckets, dict):
+        return None
+    return list(byte_symbols), base, buckets
 
 
-def _store_tables(path: Path, tables: Tables) -> None:
+def _store_tables(path: Path, tables: tuple[list[str], dict[str, int], dict[str, bytes]]) -> None:
     """Best effort: a cache that cannot be written costs the next query the build, no more."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, marshal.dumps(tables))
+        write_bytes_atomic(path, marshal.dumps((*tables, _VOCABULARY_SIZE)))
     except OSError:
         return
 
@@ -184,8 +246,36 @@ def _build_tables(vocabulary_path: Path) -> Tables:
 
 def _clean(text: str) -> str:
     """open_clip's 'lower' cleaning: fix mojibake, unescape HTML twice, squeeze spaces, lower."""
+    import ftfy
+
     text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).lower()
+
+
+def is_plain_ascii(text: str) -> bool:
+    """Whether text takes the ASCII path: printable ASCII, tabs and newlines, and no '&'."""
+    return _PLAIN_ASCII.fullmatch(text) is not None
+
+
+@lru_cache(maxsize=1)
+def _unicode_piece() -> Any:
+    """The pieces of any cleaned text, with `regex` (Unicode letter and number classes)."""
+    import regex
+
+    special = [regex.escape(token) for token in _PIECE_ALTERNATIVES[:2]]
+    return regex.compile("|".join([*special, *_PIECE_ALTERNATIVES[2:]]), regex.IGNORECASE)
+
+
+def pieces(text: str) -> list[str]:
+    """The pieces of text that BPE encodes one by one, after open_clip's cleaning."""
+    if is_plain_ascii(text):
+        return _ASCII_PIECE.findall(" ".join(text.split()).lower())
+    return reference_pieces(text)
+
+
+def reference_pieces(text: str) -> list[str]:
+    """As pieces, always through ftfy and `regex`, as open_clip does it."""
+    return _unicode_piece().findall(_clean(text))
 
 
 def _merge(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -220,12 +310,13 @@ class ClipTokenizer:
         if context_length < 1:
             raise ValueError(f"context_length must be at least 1, not {context_length}.")
         self.context_length = context_length
-        byte_symbols, self._ids, self._ranks = _tables()
+        self._tables = _tables()
+        self._ids, self._ranks = self._tables.ids, self._tables.ranks
         # Maps each character of a latin-1 decoded byte string to its byte symbol.
-        self._byte_table = {byte: symbol for byte, symbol in enumerate(byte_symbols)}
+        self._byte_table = dict(enumerate(self._tables.byte_symbols))
         self.sot_id = self._ids[START_OF_TEXT]
         self.eot_id = self._ids[END_OF_TEXT]
-        self.vocab_size = len(self._ids)
+        self.vocab_size = _VOCABULARY_SIZE
         self._words: dict[str, tuple[int, ...]] = {}
 
     def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
@@ -248,7 +339,7 @@ class ClipTokenizer:
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, cleaned first, without sot or eot (as SimpleTokenizer.encode)."""
         ids: list[int] = []
-        for piece in _PIECE.findall(_clean(text)):
+        for piece in pieces(text):
             word = self._words.get(piece)
             if word is None:
                 word = self._encode_word(piece)
@@ -262,7 +353,9 @@ class ClipTokenizer:
         """Ids of one piece of text: a special token's own id, else the BPE of its UTF-8 bytes."""
         if piece in (START_OF_TEXT, END_OF_TEXT):
             return (self._ids[piece],)
-        symbols = list(piece.encode("utf-8").decode("latin-1").translate(self._byte_table))
+        joined = piece.encode("utf-8").decode("latin-1").translate(self._byte_table)
+        self._tables.unpack(joined + _END_OF_WORD)
+        symbols = list(joined)
         symbols[-1] += _END_OF_WORD
         return tuple(self._ids[token] for token in _merge(symbols, self._ranks))
 
