@@ -25,6 +25,7 @@ from .shards import remove_shard as drop_shard
 from .work import ModelSpec, ShardSummary, ShardTask, encode_shard, probe
 
 DEFAULT_SHARD_SIZE = 10_000
+CPUS_PER_TASK = 1  # a task's CPU slots, and so its threads (retrieval.cluster.work.ShardTask)
 ShardFunction = Callable[[ShardTask, frozenset], ShardSummary]
 
 
@@ -39,6 +40,7 @@ def index_on_cluster(
     backend: str = "auto",
     decode: str = "auto",
     encode: ShardFunction = encode_shard,
+    on_shard: Callable[[ShardSummary], None] | None = None,
     **options: Any,
 ) -> IndexReport:
     """index_folder(root, **options), with the files to encode sent to the Ray cluster at
@@ -46,6 +48,7 @@ def index_on_cluster(
 
     shard_size: files per task. retries: how often Ray runs a task again whose worker died.
     encode: the function a task runs (retrieval.cluster.work.encode_shard).
+    on_shard: called on the driver with each shard's ShardSummary as it finishes.
     """
     address = parse_cluster(cluster)
     model_options = {"device": device, "precision": precision, "backend": backend}
@@ -55,7 +58,8 @@ def index_on_cluster(
         raise ClusterError("--decode gpu runs in one process; leave it out with --cluster")
     if shard_size < 1:
         raise ClusterError(f"--shard-size must be at least 1, not {shard_size}")
-    sharded = ShardedEncoder(shard_size=shard_size, retries=retries, encode=encode, **model_options)
+    sharded = ShardedEncoder(shard_size=shard_size, retries=retries, encode=encode,
+                             on_shard=on_shard, **model_options)  # fmt: skip
     with connected(address):
         return index_folder(root, encode_files=sharded, **model_options, **options)
 
@@ -67,10 +71,12 @@ class ShardedEncoder:
     again; a shard is removed from `shards/` once committed."""
 
     def __init__(self, *, shard_size: int, retries: int, encode: ShardFunction,
-                 device: str, precision: str, backend: str) -> None:  # fmt: skip
+                 device: str, precision: str, backend: str,
+                 on_shard: Callable[[ShardSummary], None] | None = None) -> None:  # fmt: skip
         self.shard_size = shard_size
         self.retries = retries
         self.encode = encode
+        self.on_shard = on_shard or (lambda _summary: None)
         self.model_options = {"device": device, "precision": precision, "backend": backend}
 
     def __call__(self, request: EncodeRequest) -> Iterator[EncodedBatch]:
@@ -108,21 +114,22 @@ class ShardedEncoder:
         manifest = request.collection.manifest
         model = ModelSpec(manifest.model, manifest.weights_hash, **self.model_options)
         gpus = ray.cluster_resources().get("GPU", 0) > 0 and self.model_options["device"] != "cpu"
+        cpus = 0 if gpus else CPUS_PER_TASK
         remote = ray.remote(self.encode).options(
-            max_retries=self.retries, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0
+            max_retries=self.retries, num_cpus=cpus, num_gpus=1 if gpus else 0
         )
         known = ray.put(request.known_hashes)
         batch_size = request.batch_size or (256 if gpus else 32)
         pending = {}
         for i, shard in shards:
             task = ShardTask(str(request.root), str(folder), shard, model, batch_size,
-                             request.workers, request.draft)  # fmt: skip
+                             request.workers, request.draft, cpus or None)  # fmt: skip
             pending[remote.remote(task, known)] = i
         return pending
 
     def _collect(self, ray: Any, ref: Any, folder: Path, shard: Shard) -> ShardResult:
         try:
-            ray.get(ref)
+            summary = ray.get(ref)
         except ray.exceptions.RayError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ClusterError(
@@ -135,6 +142,7 @@ class ShardedEncoder:
                 f"{shard.name} finished but its results in {folder} are missing or damaged; "
                 "run the command again to encode it again"
             )
+        self.on_shard(summary)
         return result
 
 
