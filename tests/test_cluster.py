@@ -301,3 +301,27 @@ def test_a_run_again_keeps_the_shard_size_of_the_run_stopped(tmp_path):
     assert remembered_size(tmp_path, 5) == 12  # fewer files left: the first run's shards
     (tmp_path / "size.json").write_text("{not json")
     assert remembered_size(tmp_path, 5) == 5
+
+
+def test_a_task_limited_to_its_cpu_slot_encodes_what_one_on_every_core_encodes(
+    tmp_path, tiny_model
+):
+    from retrieval.cluster.shards import plan_shards, read_shard
+    from retrieval.cluster.work import ModelSpec, ShardTask, cached_encoder
+    from retrieval.scan import scan
+
+    root = make_root(tmp_path / "photos")
+    (shard,) = plan_shards(list(scan(root)), 100)
+    vectors = {}
+    for threads in (None, 1):
+        folder = tmp_path / f"shards-{threads}"
+        folder.mkdir()
+        task = ShardTask(str(root), str(folder), shard, ModelSpec(tiny_model, None), 8, None, True,
+                         threads)  # fmt: skip
+        summary = encode_shard(task, frozenset())
+        assert summary.encoded == len(PHOTOS) + 1
+        assert threads is None or not summary.warm  # a model of its own, made for one thread
+        vectors[threads] = read_shard(folder, shard).vectors
+    encoder, warm = cached_encoder(ModelSpec(tiny_model, None), 1)
+    assert warm and getattr(encoder, "threads", 1) == 1
+    np.testing.assert_allclose(vectors[1], vectors[None], atol=1e-5)

@@ -41,7 +41,7 @@ class ShardTask:
 
     threads: the CPU slots the task holds. The worker's model and its decoding use that many
     threads, not one per core of the machine: N workers on one machine each using every core
-    would run N times more threads than cores."""
+    would run N times more threads than cores. None (a task run outside Ray): every core."""
 
     root: str
     shards_dir: str
@@ -50,7 +50,7 @@ class ShardTask:
     batch_size: int
     workers: int | None
     draft: bool
-    threads: int | None = 1
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
