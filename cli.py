@@ -304,8 +304,12 @@ def index_command(
         [], "--exclude", help="Glob of paths or names to skip; repeat for several."
     ),
     cluster: str = ClusterOption,
-    shard_size: int = typer.Option(
-        10_000, "--shard-size", min=1, help="With --cluster: files per task."
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        min=1,
+        help="With --cluster: files per task (default: 4 tasks per CPU slot, at most 10,000 "
+        "files each).",
     ),
     as_json: bool = JsonOption,
 ) -> None:

@@ -195,7 +195,7 @@ KILLED_DRIVER = textwrap.dedent(
         if event.phase == "encode":  # the first shard is committed: die here, with no warning
             os.kill(os.getpid(), signal.SIGKILL)
 
-    index_on_cluster(sys.argv[1], cluster="auto", shard_size=3, model=model_identity(sys.argv[2]),
+    index_on_cluster(sys.argv[1], cluster="auto", model=model_identity(sys.argv[2]),
                      progress=progress)
     """
 )
@@ -204,6 +204,8 @@ KILLED_DRIVER = textwrap.dedent(
 def test_a_killed_driver_run_again_encodes_only_the_shards_not_done(
     tmp_path, tiny_model, reference, ray_cluster
 ):
+    # Shards of the default size: the run again plans the shards of the run killed, although it
+    # has fewer files to encode.
     root = make_root(tmp_path / "photos")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(WORKTREE)}
     killed = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(root), tiny_model.name],
@@ -219,7 +221,7 @@ def test_a_killed_driver_run_again_encodes_only_the_shards_not_done(
 
     again = subprocess.run(
         [str(Path(sys.executable).parent / "retrieval"), "index", str(root), "--cluster", "auto",
-         "--shard-size", "3", "--json"],
+         "--json"],
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
@@ -274,3 +276,52 @@ def test_shards_done_by_an_earlier_run_are_read_back_not_encoded_again(
     report = index_on_cluster(root, cluster="local:4", shard_size=4, model=tiny_model)
     assert report.encoded == len(PHOTOS) + 1 - earlier
     assert_same_rows(rows(root), rows(reference))
+
+
+def test_the_default_shard_size_gives_each_slot_at_least_four_shards():
+    from retrieval.cluster.shards import MAX_SHARD_SIZE, auto_shard_size
+
+    assert auto_shard_size(96, 2) == 12  # 8 shards: 4 rounds of 2
+    assert auto_shard_size(30, 4) == 2  # 15 shards on 4 slots
+    assert auto_shard_size(3, 8) == 1
+    assert auto_shard_size(1_000_000, 8) == 9_616  # 104 shards: 13 rounds of 8
+    for files in (1, 7, 96, 10_001, 80_001, 2_500_000):
+        for slots in (1, 2, 3, 8, 64):
+            size = auto_shard_size(files, slots)
+            shards = -(-files // size)
+            assert 1 <= size <= MAX_SHARD_SIZE
+            # whole shards round the count down by less than a round of the slots
+            assert shards == files or shards > 3 * slots, (files, slots)
+
+
+def test_a_run_again_keeps_the_shard_size_of_the_run_stopped(tmp_path):
+    from retrieval.cluster.shards import remembered_size
+
+    assert remembered_size(tmp_path, 12) == 12
+    assert remembered_size(tmp_path, 5) == 12  # fewer files left: the first run's shards
+    (tmp_path / "size.json").write_text("{not json")
+    assert remembered_size(tmp_path, 5) == 5
+
+
+def test_a_task_limited_to_its_cpu_slot_encodes_what_one_on_every_core_encodes(
+    tmp_path, tiny_model
+):
+    from retrieval.cluster.shards import plan_shards, read_shard
+    from retrieval.cluster.work import ModelSpec, ShardTask, cached_encoder
+    from retrieval.scan import scan
+
+    root = make_root(tmp_path / "photos")
+    (shard,) = plan_shards(list(scan(root)), 100)
+    vectors = {}
+    for threads in (None, 1):
+        folder = tmp_path / f"shards-{threads}"
+        folder.mkdir()
+        task = ShardTask(str(root), str(folder), shard, ModelSpec(tiny_model, None), 8, None, True,
+                         threads)  # fmt: skip
+        summary = encode_shard(task, frozenset())
+        assert summary.encoded == len(PHOTOS) + 1
+        assert threads is None or not summary.warm  # a model of its own, made for one thread
+        vectors[threads] = read_shard(folder, shard).vectors
+    encoder, warm = cached_encoder(ModelSpec(tiny_model, None), 1)
+    assert warm and getattr(encoder, "threads", 1) == 1
+    np.testing.assert_allclose(vectors[1], vectors[None], atol=1e-5)

@@ -20,11 +20,21 @@ from ..remote_encoding import EncodedBatch, EncodeRequest
 from ..reports import IndexProgress, IndexReport
 from .address import connected, import_ray, parse_cluster
 from .errors import ClusterError
-from .shards import SHARDS_DIRNAME, Shard, ShardResult, plan_shards, read_shard, remove_all_but
+from .shards import (
+    SHARDS_DIRNAME,
+    Shard,
+    ShardResult,
+    auto_shard_size,
+    plan_shards,
+    read_shard,
+    remembered_size,
+    remove_all_but,
+)
 from .shards import remove_shard as drop_shard
 from .work import ModelSpec, ShardSummary, ShardTask, encode_shard, probe
 
-DEFAULT_SHARD_SIZE = 10_000
+DEFAULT_SHARD_SIZE = None  # chosen from the files and the cluster's slots: auto_shard_size
+CPUS_PER_TASK = 1  # a task's CPU slots, and so its threads (retrieval.cluster.work.ShardTask)
 ShardFunction = Callable[[ShardTask, frozenset], ShardSummary]
 
 
@@ -32,20 +42,24 @@ def index_on_cluster(
     root: Path,
     *,
     cluster: str,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = DEFAULT_SHARD_SIZE,
     retries: int = 3,
     device: str = "auto",
     precision: str = "auto",
     backend: str = "auto",
     decode: str = "auto",
     encode: ShardFunction = encode_shard,
+    on_shard: Callable[[ShardSummary], None] | None = None,
     **options: Any,
 ) -> IndexReport:
     """index_folder(root, **options), with the files to encode sent to the Ray cluster at
     `cluster` (local, local:N, auto, ray://HOST:PORT; none runs it in this process).
 
-    shard_size: files per task. retries: how often Ray runs a task again whose worker died.
+    shard_size: files per task (None: SHARDS_PER_SLOT shards per CPU or GPU slot of the cluster,
+    at most MAX_SHARD_SIZE files each; a run stopped and run again keeps its size).
+    retries: how often Ray runs a task again whose worker died.
     encode: the function a task runs (retrieval.cluster.work.encode_shard).
+    on_shard: called on the driver with each shard's ShardSummary as it finishes.
     """
     address = parse_cluster(cluster)
     model_options = {"device": device, "precision": precision, "backend": backend}
@@ -53,9 +67,10 @@ def index_on_cluster(
         return index_folder(root, decode=decode, **model_options, **options)
     if decode == "gpu":
         raise ClusterError("--decode gpu runs in one process; leave it out with --cluster")
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise ClusterError(f"--shard-size must be at least 1, not {shard_size}")
-    sharded = ShardedEncoder(shard_size=shard_size, retries=retries, encode=encode, **model_options)
+    sharded = ShardedEncoder(shard_size=shard_size, retries=retries, encode=encode,
+                             on_shard=on_shard, **model_options)  # fmt: skip
     with connected(address):
         return index_folder(root, encode_files=sharded, **model_options, **options)
 
@@ -66,11 +81,13 @@ class ShardedEncoder:
     A shard already done (its results kept by a run that was killed) is read back, not sent
     again; a shard is removed from `shards/` once committed."""
 
-    def __init__(self, *, shard_size: int, retries: int, encode: ShardFunction,
-                 device: str, precision: str, backend: str) -> None:  # fmt: skip
+    def __init__(self, *, shard_size: int | None, retries: int, encode: ShardFunction,
+                 device: str, precision: str, backend: str,
+                 on_shard: Callable[[ShardSummary], None] | None = None) -> None:  # fmt: skip
         self.shard_size = shard_size
         self.retries = retries
         self.encode = encode
+        self.on_shard = on_shard or (lambda _summary: None)
         self.model_options = {"device": device, "precision": precision, "backend": backend}
 
     def __call__(self, request: EncodeRequest) -> Iterator[EncodedBatch]:
@@ -78,7 +95,10 @@ class ShardedEncoder:
         folder = request.collection.dir / SHARDS_DIRNAME
         folder.mkdir(exist_ok=True)
         check_workers(request, folder)
-        shards = plan_shards(request.files, self.shard_size)
+        size = self.shard_size or remembered_size(
+            folder, auto_shard_size(len(request.files), slots(ray, self.gpus()))
+        )
+        shards = plan_shards(request.files, size)
         done = {i: r for i, s in enumerate(shards) if (r := read_shard(folder, s)) is not None}
         resumed = set(done)  # done by an earlier run that was stopped
         todo = [(i, s) for i, s in enumerate(shards) if i not in done]
@@ -107,22 +127,28 @@ class ShardedEncoder:
             return {}
         manifest = request.collection.manifest
         model = ModelSpec(manifest.model, manifest.weights_hash, **self.model_options)
-        gpus = ray.cluster_resources().get("GPU", 0) > 0 and self.model_options["device"] != "cpu"
+        gpus = self.gpus()
+        cpus = 0 if gpus else CPUS_PER_TASK
         remote = ray.remote(self.encode).options(
-            max_retries=self.retries, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0
+            max_retries=self.retries, num_cpus=cpus, num_gpus=1 if gpus else 0
         )
         known = ray.put(request.known_hashes)
         batch_size = request.batch_size or (256 if gpus else 32)
         pending = {}
         for i, shard in shards:
             task = ShardTask(str(request.root), str(folder), shard, model, batch_size,
-                             request.workers, request.draft)  # fmt: skip
+                             request.workers, request.draft, cpus or None)  # fmt: skip
             pending[remote.remote(task, known)] = i
         return pending
 
+    def gpus(self) -> bool:
+        """Whether tasks run on GPUs: the cluster has some and the model may use them."""
+        ray = import_ray()
+        return ray.cluster_resources().get("GPU", 0) > 0 and self.model_options["device"] != "cpu"
+
     def _collect(self, ray: Any, ref: Any, folder: Path, shard: Shard) -> ShardResult:
         try:
-            ray.get(ref)
+            summary = ray.get(ref)
         except ray.exceptions.RayError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ClusterError(
@@ -135,7 +161,16 @@ class ShardedEncoder:
                 f"{shard.name} finished but its results in {folder} are missing or damaged; "
                 "run the command again to encode it again"
             )
+        self.on_shard(summary)
         return result
+
+
+def slots(ray: Any, gpus: bool) -> int:
+    """How many tasks the cluster runs at once."""
+    resources = ray.cluster_resources()
+    if gpus:
+        return int(resources.get("GPU", 1))
+    return max(1, int(resources.get("CPU", 1) // CPUS_PER_TASK))
 
 
 def check_workers(request: EncodeRequest, folder: Path) -> None:

@@ -57,6 +57,35 @@ class ShardResult:
         return EncodedBatch(encoded, vectors, others, seconds, resumed)
 
 
+MAX_SHARD_SIZE = 10_000
+SHARDS_PER_SLOT = 4
+SIZE_FILENAME = "size.json"
+
+
+def auto_shard_size(files: int, slots: int) -> int:
+    """Files per shard when none is given: SHARDS_PER_SLOT shards for each slot (so that every
+    slot is busy to the end, and a slow or lost task is a small part of the run), in rounds of
+    exactly `slots` shards, none over MAX_SHARD_SIZE."""
+    slots = max(1, slots)
+    count = slots * max(SHARDS_PER_SLOT, -(-files // (slots * MAX_SHARD_SIZE)))
+    return max(1, -(-files // count))
+
+
+def remembered_size(folder: Path, chosen: int) -> int:
+    """The shard size of the run whose shards are in folder, if one was stopped there, else
+    `chosen`, now remembered: a run again plans the same shards and finds those done, although
+    it has fewer files to encode than the run that chose the size."""
+    path = folder / SIZE_FILENAME
+    try:
+        size = json.loads(path.read_bytes())["shard_size"]
+        if isinstance(size, int) and size >= 1:
+            return size
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    write_bytes_atomic(path, json.dumps({"shard_size": chosen}).encode())
+    return chosen
+
+
 def plan_shards(files: list[FileInfo], shard_size: int) -> list[Shard]:
     """Split files, in order, into shards of at most shard_size."""
     if shard_size < 1:

@@ -41,6 +41,7 @@ class OnnxEncoder(PreprocessedInput):
     weights_hash: str = ""
     device: str = "cpu"
     backend: str = "onnx"
+    threads: int = 0  # intra-op threads of the sessions; 0: ONNX Runtime's own choice (one a core)
     _sessions: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
     _prepacked: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
     _used: set[str] = field(default_factory=set, repr=False)
@@ -117,6 +118,8 @@ class OnnxEncoder(PreprocessedInput):
         # The cached graph was optimised at export: no start-up time is spent on it again.
         path = self.folder / f"{tower}_{self.precision}.onnx"
         options = quiet_options()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
         if not prepacked:
             options.add_session_config_entry("session.disable_prepacking", "1")
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
