@@ -243,3 +243,15 @@ def test_cli_refuses_more_shards_than_images_in_one_line(photos):
         assert run.returncode == 1, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), run.stderr
+
+
+def test_a_part_that_cannot_open_the_collection_stops_the_start_in_one_line(ray_serve, tmp_path):
+    missing = tmp_path / "not-on-this-node" / ".retrieval"
+    with (
+        pytest.raises(ClusterError, match="could not start") as raised,
+        deployed(missing, 1, part_cpus=PART_CPUS),
+    ):
+        pass
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1 and "is not a collection" in message, message
+    assert "index.errors" not in message

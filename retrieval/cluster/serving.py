@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -241,13 +242,29 @@ def deployed(
     try:
         handle = serve.run(router.bind(parts), name=name, route_prefix=None, blocking=False)
     except RuntimeError as e:
+        reason = _failure(name) or str(e).strip().replace("\n", " ")
         _delete(name)
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"the parts of {collection_dir} could not start: {reason}") from e
+        raise ClusterError(
+            f"the parts of {collection_dir} could not start ({reason}); the collection must be "
+            "at the same path on every node"
+        ) from e
     try:
         yield ShardedImages(handle, shards)
     finally:
         _delete(name)
+
+
+def _failure(name: str) -> str | None:
+    """Why a deployment of the application failed: the last line of the error a replica's
+    start raised, without its exception's module and class (None when Serve says nothing)."""
+    from ray import serve
+
+    application = serve.status().applications.get(name)
+    for deployment in [] if application is None else application.deployments.values():
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        if deployment.status != "HEALTHY" and lines:
+            return re.sub(r"^(?:\w+\.)+\w+: ", "", lines[-1])
+    return None
 
 
 def _delete(name: str) -> None:
