@@ -226,11 +226,12 @@ def test_a_split_the_collection_cannot_hold_is_refused():
     check_plan(2, 2, 8, local)
 
 
-def test_cli_refuses_more_shards_than_images_in_one_line(photos):
+def test_cli_refuses_a_bad_number_of_shards_in_one_line(photos):
     directory, _ = photos
     env = {**os.environ, "PYTHONPATH": str(WORKTREE), "HF_HUB_OFFLINE": "1"}
     for options, message in [
         (["--cluster", "local:2", "--shards", "41"], "--shards 41: the collection holds 40 images"),
+        (["--cluster", "local:2", "--shards", "0"], "--shards 0: give at least 1 part"),
         (["--shards", "2"], "--shards and --replicas need --cluster"),
     ]:
         run = subprocess.run(

@@ -197,6 +197,8 @@ def check_plan(shards: int, replicas: int, images: int, cluster: ClusterAddress)
         raise ClusterError(f"--shards {shards}: give at least 1 part")
     if replicas < 1:
         raise ClusterError(f"--replicas {replicas}: give at least 1 replica of each part")
+    if images == 0:
+        raise ClusterError("the collection holds no images yet; run `retrieval index` first")
     if shards > images:
         raise ClusterError(
             f"--shards {shards}: the collection holds {images} images; give at most {images} parts"
@@ -289,7 +291,7 @@ def serve_on_cluster(
     address = parse_cluster(cluster)
     if address.kind == "none":
         raise ClusterError("--shards and --replicas need --cluster (local[:N], auto or ray://)")
-    shards, replicas = shards or 1, replicas or 1
+    shards, replicas = 1 if shards is None else shards, 1 if replicas is None else replicas
     directory = resolve_dir(collection_dir)
     with Collection.open(directory, readonly=True) as collection:
         images = collection.catalog.count_vectors(IMAGE)
