@@ -563,9 +563,28 @@ def serve_command(
     device: str = DeviceOption,
     backend: str = BackendOption,
     precision: str = PrecisionOption,
+    cluster: str = typer.Option(
+        "none",
+        "--cluster",
+        help="Where the image index is held: none (this process), local[:N], auto or "
+        "ray://HOST:PORT (Ray Serve; the collection must be on storage every node can read).",
+    ),
+    shards: int | None = typer.Option(
+        None, "--shards", help="With --cluster: parts the image index is split into (default 1)."
+    ),
+    replicas: int | None = typer.Option(
+        None, "--replicas", help="With --cluster: replicas of each part (default 1)."
+    ),
 ) -> None:
     """Open a web page to search the collection by text or by dropping a photo."""
     from retrieval.web import Listening, serve
+
+    if cluster != "none" or shards is not None or replicas is not None:
+        from retrieval.cluster.serving import serve_on_cluster
+
+        serve = functools.partial(
+            serve_on_cluster, cluster=cluster, shards=shards, replicas=replicas
+        )
 
     def announce(listening: Listening) -> None:
         if not listening.loopback:

@@ -1,6 +1,7 @@
 """The web app under load: text-search latency with the model warm, and requests per second.
 
     python benchmarks/serve.py [--items 100000] [--clients 8] [--seconds 20]
+    python benchmarks/serve.py --cluster local:4 --shards 2 [--replicas 1] [--items 100000]
 
 Builds a collection of --items synthetic clustered 512-d vectors (paths spread over 100 folders;
 the index is what `--auto` picks for that size, tuned as usual), starts `retrieval serve` on it
@@ -11,6 +12,11 @@ and measures over loopback:
   - --clients concurrent clients for --seconds: requests per second and latency.
 The clients run on the same machine as the server, so on a small machine they compete with it.
 Prints a table and writes benchmarks/results/serve.json.
+
+With --cluster, the same collection is served twice, by one process and by `retrieval serve
+--cluster ... --shards K` (its image index split into K Ray Serve parts), and the same queries
+are timed against both (results in benchmarks/results/serve_cluster.json): what the fan-out to
+the parts and the merge cost on one machine.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,11 +72,13 @@ def make_collection(folder: Path, model, weights_hash: str, n: int, dim: int = 5
     return directory
 
 
-def start_server(directory: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
+def start_server(
+    directory: Path, env: dict[str, str], options: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str, float]:
     retrieval = str(Path(sys.executable).parent / "retrieval")
     started = time.perf_counter()
     server = subprocess.Popen(
-        [retrieval, "serve", "--index", str(directory), "--port", "0"],
+        [retrieval, "serve", "--index", str(directory), "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -175,13 +184,55 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def measured(directory: Path, env: dict[str, str], args, options: tuple[str, ...] = ()) -> dict:
+    """One server's figures: start-up, one client's latencies, many clients', peak memory."""
+    server, url, startup_s = start_server(directory, env, options)
+    try:
+        single = one_client(url, args.requests)
+        load = many_clients(url, args.clients, args.seconds)
+        rss = peak_rss_mib(server.pid)
+    finally:
+        server.send_signal(signal.SIGINT)  # as Ctrl-C: a sharded server removes its parts
+        server.wait(timeout=60)
+    return {"startup_s": startup_s, "peak_rss_mib": rss, "single_client": single, "load": load}
+
+
+def compare_cluster(directory: Path, env: dict[str, str], args) -> None:
+    """The same queries against one process and against the sharded server; table and JSON."""
+    options = ("--cluster", args.cluster, "--shards", str(args.shards),
+               "--replicas", str(args.replicas))  # fmt: skip
+    runs = {
+        "single": measured(directory, env, args),
+        "sharded": measured(directory, env, args, options),
+    }
+    result = {"cores": os.cpu_count(), "items": args.items, "cluster": args.cluster,
+              "shards": args.shards, "replicas": args.replicas, **runs}  # fmt: skip
+    print(f"{args.items:,} items, {os.cpu_count()} cores; sharded: --cluster {args.cluster} "
+          f"--shards {args.shards} --replicas {args.replicas}")  # fmt: skip
+    print(f"{'':<30}{'p50 ms':>9}{'p95 ms':>9}{'search p50':>12}{'req/s':>9}{'start s':>9}")
+    for name, run in runs.items():
+        text, load = run["single_client"]["text_search"], run["load"]
+        print(f"{name + ', text search':<30}{text['p50_ms']:>9.1f}{text['p95_ms']:>9.1f}"
+              f"{run['single_client']['search_ms_p50']:>12.1f}{load['requests_per_s']:>9.1f}"
+              f"{run['startup_s']:>9.1f}")  # fmt: skip
+        similar = run["single_client"]["similar"]
+        print(f"{name + ', more like this':<30}{similar['p50_ms']:>9.1f}{similar['p95_ms']:>9.1f}")
+    out = args.out or Path("benchmarks/results/serve_cluster.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200, help="single-client requests")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
+    parser.add_argument("--cluster", default="none", help="also serve sharded: local:N, ...")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="the JSON file to write")
     args = parser.parse_args()
 
     from retrieval.encoders.torch_encoder import import_torch
@@ -202,6 +253,9 @@ def main() -> None:
         directory = make_collection(Path(scratch) / "photos", vit, weights_hash, args.items)
         built_s = time.perf_counter() - started
         manifest = json.loads((directory / "manifest.json").read_text())
+        if args.cluster != "none":
+            compare_cluster(directory, env, args)
+            return
         server, url, startup_s = start_server(directory, env)
         try:
             single = one_client(url, args.requests)
@@ -238,9 +292,10 @@ def main() -> None:
     for label, *figures in rows:
         print(f"{label:<34}" + "".join(f"{figure:>9.1f}" for figure in figures))
     print(f"({load['errors']} errors under load)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = args.out or Path("benchmarks/results/serve.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

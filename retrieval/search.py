@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -113,8 +113,21 @@ def _with_positive_term(terms: list[QueryTerm]) -> list[QueryTerm]:
     return terms
 
 
+class ImageIndex(Protocol):
+    """Where a searcher's image searches go instead of the collection's own index (the parts
+    of a sharded index on a cluster: retrieval.cluster.serving)."""
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None, version: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As Collection.search over the images; version: the catalog's image version."""
+        ...
+
+
 class Searcher:
-    """Searches one collection. The model is loaded on the first query and kept."""
+    """Searches one collection. The model is loaded on the first query and kept.
+
+    image_index: answers the image searches in place of the collection's own index."""
 
     def __init__(
         self,
@@ -125,6 +138,7 @@ class Searcher:
         device: str = "auto",
         precision: str = "auto",
         backend: str = "auto",
+        image_index: ImageIndex | None = None,
     ) -> None:
         if model is not None:
             collection.check_model(model)
@@ -134,6 +148,7 @@ class Searcher:
         self._device = device
         self._precision = precision
         self._backend = backend
+        self.image_index = image_index
 
     @classmethod
     def open(cls, collection_dir: Path | None = None, **kwargs: object) -> Searcher:
@@ -279,7 +294,12 @@ class Searcher:
         allowed = self._allowed_ids(prefix, *taken_range(taken_after, taken_before))
         if allowed is not None and allowed.size == 0:
             return []
-        scores, ids = self.collection.search(query[None, :], k, allowed_ids=allowed)
+        if self.image_index is None:
+            scores, ids = self.collection.search(query[None, :], k, allowed_ids=allowed)
+        else:
+            scores, ids = self.image_index.search(
+                query[None, :], k, allowed_ids=allowed, version=catalog.version
+            )
         found = catalog.by_ids(i for i in ids[0] if i >= 0)
         hits = []
         for score, item_id in zip(scores[0], ids[0], strict=True):

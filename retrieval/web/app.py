@@ -28,7 +28,7 @@ from ..errors import ImageReadError, QueryError, UnknownItem
 from ..folders import folder_prefix
 from ..info import collection_info
 from ..names import printable
-from ..search import Hit, Searcher, TextHit, parse_text_query
+from ..search import Hit, ImageIndex, Searcher, TextHit, parse_text_query
 from . import media
 from .duplicates import add_duplicate_routes
 from .engine import Engine
@@ -107,18 +107,21 @@ def create_app(
     encoder: Encoder | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     allowed_hosts: list[str] | None = None,
+    image_index: ImageIndex | None = None,
 ) -> FastAPI:
     """The app for the collection in collection_dir (or the nearest one above the current
     folder). Loads the model now, so a model that cannot be had fails before serving.
 
     allowed_hosts: the Host headers to answer (None: any). A server on loopback should name
     only loopback names, so that a web page whose domain is made to resolve to 127.0.0.1 (DNS
-    rebinding) cannot read the collection through the visitor's browser.
+    rebinding) cannot read the collection through the visitor's browser. image_index: where
+    image searches go instead of the collection's own index (the parts of a sharded index).
     """
     directory = resolve_dir(collection_dir)
     searcher = Searcher.open(
-        directory, encoder=encoder, backend=backend, precision=precision, device=device
-    )
+        directory, encoder=encoder, backend=backend, precision=precision, device=device,
+        image_index=image_index,
+    )  # fmt: skip
     engine = Engine(searcher)
     app = GuardedApp(
         title="retrieval",
