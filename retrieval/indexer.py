@@ -30,7 +30,7 @@ from .errors import ImageReadError, RetrievalError
 from .gpu_decode import JpegDecoder, JpegJob
 from .images import load_image
 from .index_checks import GPU_DECODE_NEEDS, check_collection, check_decode, check_options
-from .pipeline import Decoded, decode_files
+from .pipeline import Decoded, decode_files, warm_up
 from .remote_encoding import EncodeRequest, FileEncoder
 from .reports import IndexProgress, IndexReport, ProgressCallback, SkippedFile
 from .revisit import change_stat, must_read
@@ -230,6 +230,7 @@ class _IndexRun:
                 self._store(batch.encoded, batch.vectors, batch.others)
             return
         encoder = self.get_encoder()
+        warm_up(encoder)
         self.batch_size = self.batch_size or default_batch_size(encoder)
         self.jpeg_decoder = jpeg_decoder(self.decode, encoder)
         ahead = 1 if self.jpeg_decoder is not None else 2
