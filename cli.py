@@ -284,7 +284,7 @@ def index_command(
         None,
         "--batch-size",
         min=1,
-        help="Images per model call (default: 32 on a CPU, 256 on CUDA).",
+        help="Images per model call (default: 16 on a CPU, 256 on CUDA).",
     ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Decoding threads (default: one per core)."

@@ -8,12 +8,15 @@ flight, so memory stays flat however large the collection.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -61,6 +64,23 @@ def content_hash(data: bytes) -> str:
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def warm_up(encoder: Any) -> None:
+    """Start in the background what an index run would otherwise wait for after decoding: the
+    image tower's session for repeated calls (ONNX Runtime builds it without the GIL) and the
+    import of FAISS, which the last step needs. Both then overlap with the first decodes."""
+    preload = getattr(encoder, "preload", None)
+    if preload is not None:
+        preload("image")
+    threading.Thread(target=_import_faiss, name="import-faiss").start()
+
+
+def _import_faiss() -> None:
+    try:
+        importlib.import_module("index.vector_index")
+    except ImportError:
+        return  # the same import fails again where it is needed, and is reported there
 
 
 def decode_files(

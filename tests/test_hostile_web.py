@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 import httpx
 from fastapi.testclient import TestClient
 
-import retrieval.search
+import retrieval.images
 from index.collection import default_dir
 from retrieval.indexer import index_folder
 from retrieval.web import create_app
@@ -153,7 +153,7 @@ def test_names_that_are_not_utf8_are_served_escaped(client):
 
 def test_an_upload_is_decoded_before_it_takes_the_encoders_turn(client, monkeypatch):
     decoding, release = threading.Event(), threading.Event()
-    load_image = retrieval.search.load_image
+    load_image = retrieval.images.load_image
 
     def slow_load_image(source, **kwargs):
         if isinstance(source, bytes):  # the upload: hold it in decoding until released
@@ -161,7 +161,7 @@ def test_an_upload_is_decoded_before_it_takes_the_encoders_turn(client, monkeypa
             assert release.wait(120)
         return load_image(source, **kwargs)
 
-    monkeypatch.setattr(retrieval.search, "load_image", slow_load_image)
+    monkeypatch.setattr(retrieval.images, "load_image", slow_load_image)
     uploaded: list[httpx.Response] = []
     upload = threading.Thread(
         target=lambda: uploaded.append(

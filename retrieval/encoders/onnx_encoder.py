@@ -53,10 +53,7 @@ class OnnxEncoder(PreprocessedInput):
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixels: uint8 (n, H, W, 3). Returns float32 (n, dim), L2-normalised."""
-        batch = np.asarray(pixels, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        batch = np.ascontiguousarray((batch - mean) / std, dtype=np.float32)
+        batch = model_input(np.asarray(pixels), self.mean, self.std)
         session = self._session("image", repeated=len(batch) > 1)
         return normalised(session.run(None, {"pixels": batch})[0])
 
@@ -74,12 +71,17 @@ class OnnxEncoder(PreprocessedInput):
             if tower not in self._sessions:
                 self._sessions[tower] = _in_background(self._load_session, tower, False)
 
-    def settle(self, tower: str) -> None:
-        """Load the tower's session for repeated calls now, and wait for it (benchmarks)."""
+    def preload(self, tower: str) -> None:
+        """Begin loading, in the background, the tower's session for repeated calls (an index run
+        about to decode its first batch), so that it is ready when that batch is."""
         with self._lock:
             if tower not in self._prepacked:
                 self._prepacked[tower] = _in_background(self._load_session, tower, True)
             self._sessions[tower] = self._prepacked[tower]
+
+    def settle(self, tower: str) -> None:
+        """Load the tower's session for repeated calls now, and wait for it (benchmarks)."""
+        self.preload(tower)
         self._sessions[tower].result()
 
     def _session(self, tower: str, repeated: bool = False) -> Any:
@@ -123,6 +125,22 @@ class OnnxEncoder(PreprocessedInput):
         if not prepacked:
             options.add_session_config_entry("session.disable_prepacking", "1")
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def model_input(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 (n, H, W, 3) to the tower's float32 (n, 3, H, W) input, (x / 255 - mean) / std.
+
+    One channel-first copy and one multiply-add in place: a third of the passes over the batch
+    of the plain expression, which matters next to a small model on small images."""
+    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float64))).astype(np.float32)
+    shift = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(
+        np.float32
+    )
+    batch = np.empty((pixels.shape[0], pixels.shape[3], *pixels.shape[1:3]), dtype=np.float32)
+    np.copyto(batch, pixels.transpose(0, 3, 1, 2), casting="unsafe")
+    batch *= scale.reshape(1, -1, 1, 1)
+    batch += shift.reshape(1, -1, 1, 1)
+    return batch
 
 
 def _in_background(function: Callable[..., Any], *args: Any) -> Future[Any]:
