@@ -10,6 +10,10 @@ For each image size it measures images per second of
   (c) a naive pipeline: full-size decode, the model's own preprocessing, no overlap,
 and the wall time of re-indexing an unchanged root of many files, in-process and as
 `retrieval index ROOT` run from a shell. Prints a table and writes JSON (--out).
+(a) and (b) also report the process's CPU time per image and the cores it kept busy, and
+"bound b/a" = CPU per image of (a) / that of (b): the b/a the pipeline would reach if its
+extra work (decoding, hashing, commits) ran on the cores at (a)'s use of them. On few cores,
+where decoding and the tower share them, b/a cannot pass it.
 ViT-B-32 runs with random weights (speed does not depend on them), on --backend torch or onnx.
 """
 
@@ -19,11 +23,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,25 +66,48 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
         image.save(folder / f"img{i:05d}.jpg", quality=90)
 
 
-def bench_model(encoder: Encoder, batch_size: int, batches: int) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process, every thread (ONNX Runtime's and the decoders') included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Rate:
+    """Images per second, with the CPU they cost: ms per image and cores busy on average."""
+
+    images_per_s: float
+    cpu_ms_per_image: float
+    cores_busy: float
+
+
+def measure(images: int, run: Callable[[], object]) -> Rate:
+    cpu, started = cpu_seconds(), time.perf_counter()
+    run()
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    return Rate(images / elapsed, 1000 * cpu / images, cpu / elapsed)
+
+
+def bench_model(encoder: Encoder, batch_size: int, batches: int) -> Rate:
     height, width = encoder.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), np.uint8)
     encoder.encode_images(pixels)  # warm-up
-    started = time.perf_counter()
-    for _ in range(batches):
-        encoder.encode_images(pixels)
-    return batch_size * batches / (time.perf_counter() - started)
-
-
-def bench_pipeline(encoder: Encoder, folder: Path, batch_size: int, workers: int | None) -> float:
-    shutil.rmtree(folder / ".retrieval", ignore_errors=True)
-    started = time.perf_counter()
-    report = index_folder(
-        folder, model=encoder.identity, encoder=encoder, batch_size=batch_size, workers=workers
+    return measure(
+        batch_size * batches, lambda: [encoder.encode_images(pixels) for _ in range(batches)]
     )
-    elapsed = time.perf_counter() - started
-    assert report.encoded == report.added, report
-    return report.encoded / elapsed
+
+
+def bench_pipeline(encoder: Encoder, folder: Path, batch_size: int, workers: int | None) -> Rate:
+    shutil.rmtree(folder / ".retrieval", ignore_errors=True)
+    files = len(list(folder.glob("*.jpg")))
+
+    def run() -> None:
+        report = index_folder(
+            folder, model=encoder.identity, encoder=encoder, batch_size=batch_size, workers=workers
+        )
+        assert report.encoded == report.added == files, report
+
+    return measure(files, run)
 
 
 def bench_naive(encoder: Encoder, folder: Path, batch_size: int) -> float:
@@ -112,6 +142,10 @@ def bench_reindex(folder: Path, files: int) -> dict[str, float]:
     return {"files": files, "in_process_s": in_process, "command_s": shell}
 
 
+def rate_of(rate: Rate) -> float:
+    return rate.images_per_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["4000x3000", "1152x864"])
@@ -137,20 +171,29 @@ def main() -> None:
             make_jpegs(folder, args.n, (width, height))
             batches = max(2, args.n // args.batch_size)
             # The bound is measured before and after the pipeline; the better figure counts.
-            model_ips = bench_model(encoder, args.batch_size, batches)
-            pipeline_ips = bench_pipeline(encoder, folder, args.batch_size, args.workers)
-            model_ips = max(model_ips, bench_model(encoder, args.batch_size, batches))
+            model = bench_model(encoder, args.batch_size, batches)
+            pipeline = bench_pipeline(encoder, folder, args.batch_size, args.workers)
+            model = max(model, bench_model(encoder, args.batch_size, batches), key=rate_of)
             naive_ips = bench_naive(encoder, folder, args.batch_size)
             rows.append(
                 {
                     "size": spec,
                     "megapixels": round(width * height / 1e6, 1),
                     "files": args.n,
-                    "model_images_per_s": round(model_ips, 2),
-                    "pipeline_images_per_s": round(pipeline_ips, 2),
+                    "model_images_per_s": round(model.images_per_s, 2),
+                    "pipeline_images_per_s": round(pipeline.images_per_s, 2),
                     "naive_images_per_s": round(naive_ips, 2),
-                    "pipeline_over_model": round(pipeline_ips / model_ips, 3),
-                    "pipeline_over_naive": round(pipeline_ips / naive_ips, 3),
+                    "pipeline_over_model": round(pipeline.images_per_s / model.images_per_s, 3),
+                    "pipeline_over_naive": round(pipeline.images_per_s / naive_ips, 3),
+                    "model_cpu_ms_per_image": round(model.cpu_ms_per_image, 1),
+                    "pipeline_cpu_ms_per_image": round(pipeline.cpu_ms_per_image, 1),
+                    "model_cores_busy": round(model.cores_busy, 2),
+                    "pipeline_cores_busy": round(pipeline.cores_busy, 2),
+                    # What b/a would be with the pipeline's extra CPU (decoding, hashing,
+                    # commits) run on the model's cores at the model's use of them.
+                    "cpu_bound_of_b_over_a": round(
+                        model.cpu_ms_per_image / pipeline.cpu_ms_per_image, 3
+                    ),
                 }
             )
         reindex = bench_reindex(Path(tmp) / "reindex", args.reindex_files)
@@ -168,13 +211,17 @@ def main() -> None:
         "unchanged_reindex": reindex,
     }
     header = f"{'size':>10} {'MP':>5} {'(a) model':>10} {'(b) pipeline':>13} {'(c) naive':>10}"
-    header += f" {'b/a':>6} {'b/c':>6}"
+    header += f" {'b/a':>6} {'b/c':>6} {'CPU ms/img a':>13} {'b':>6} {'cores a':>8} {'b':>5}"
+    header += f" {'bound b/a':>10}"
     print(header)
     for r in rows:
         print(
             f"{r['size']:>10} {r['megapixels']:>5} {r['model_images_per_s']:>10.2f} "
             f"{r['pipeline_images_per_s']:>13.2f} {r['naive_images_per_s']:>10.2f} "
-            f"{r['pipeline_over_model']:>6.2f} {r['pipeline_over_naive']:>6.2f}"
+            f"{r['pipeline_over_model']:>6.2f} {r['pipeline_over_naive']:>6.2f} "
+            f"{r['model_cpu_ms_per_image']:>13.1f} {r['pipeline_cpu_ms_per_image']:>6.1f} "
+            f"{r['model_cores_busy']:>8.2f} {r['pipeline_cores_busy']:>5.2f} "
+            f"{r['cpu_bound_of_b_over_a']:>10.2f}"
         )
     print(
         f"unchanged re-index of {reindex['files']} files: {reindex['in_process_s']:.2f} s "
