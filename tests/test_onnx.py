@@ -14,6 +14,7 @@ import pytest
 from conftest import photo, write_photos
 from PIL import Image
 
+from index.manifest import ModelIdentity
 from retrieval.encoders import load_encoder, load_onnx_encoder
 from retrieval.encoders.onnx_cache import WEIGHTS_ALIGNMENT, export_folder
 from retrieval.encoders.preprocess import resize_and_crop
@@ -157,7 +158,13 @@ def test_every_call_agrees_while_sessions_are_swapped(cache, encoder, tiny_model
 def test_exports_are_cached_per_weights(cache, tiny_model, other_model, encoder):
     first = export_folder(tiny_model, encoder.weights_hash)
     assert export_folder(tiny_model, "another hash") != first
-    assert export_folder(other_model, encoder.weights_hash) != first
+    # A file-based model's hash covers its config and weights: the path is not part of the key.
+    assert export_folder(other_model, encoder.weights_hash) == first
+    built_in = ModelIdentity(name="ViT-B-32", pretrained="openai")
+    assert export_folder(built_in, encoder.weights_hash) != first
+    assert export_folder(built_in, encoder.weights_hash) != export_folder(
+        ModelIdentity(name="ViT-B-16", pretrained="openai"), encoder.weights_hash
+    )
 
 
 @pytest.mark.parametrize("size", [(64, 64), (97, 31), (31, 97), (640, 480), (63, 65), (65, 64)])

@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_photos
 
 from retrieval.encoders import load_onnx_encoder, onnx_export
 from retrieval.encoders.identity import model_identity, weights_hash
-from retrieval.encoders.onnx_cache import export_folder
+from retrieval.encoders.onnx_cache import EXPORT_VERSION, export_folder
 from retrieval.encoders.weights_identity import file_sha256, known_weights_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +74,43 @@ def test_state_dict_hash_from_an_old_manifest_still_finds_its_export(
     monkeypatch.setattr(onnx_export, "export", no_export)
     again = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=old)
     assert again.folder == first.folder
+
+
+def test_a_copied_model_folder_finds_its_export_without_exporting_again(
+    tiny_model, tmp_path, monkeypatch
+) -> None:
+    first = load_onnx_encoder(tiny_model, precision="fp32")
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(folder_of(tiny_model), copy)
+    moved = model_identity(f"local-dir:{copy}")
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("the same weights and config under another path were exported again")
+
+    monkeypatch.setattr(onnx_export, "export", no_export)
+    again = load_onnx_encoder(moved, precision="fp32")
+    assert again.folder == first.folder
+    assert again.identity == moved
+    texts = ["a red square", "two blue circles"]
+    assert np.array_equal(again.encode_texts(texts), first.encode_texts(texts))
+
+
+def test_an_export_kept_under_the_earlier_key_with_the_models_path_is_found(
+    tiny_model, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    made = load_onnx_encoder(tiny_model, precision="fp32")
+    # Where versions that keyed exports by the model's name as well put this one.
+    key = json.dumps([tiny_model.name, tiny_model.pretrained, made.weights_hash, EXPORT_VERSION])
+    earlier = tmp_path / "cache" / "onnx" / hashlib.sha256(key.encode()).hexdigest()[:24]
+    assert earlier != made.folder
+    made.folder.rename(earlier)
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("the export under the earlier key was not found")
+
+    monkeypatch.setattr(onnx_export, "export", no_export)
+    assert load_onnx_encoder(tiny_model, precision="fp32").folder == earlier
 
 
 def imported_modules(importtime_output: str) -> set[str]:
