@@ -10,14 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx as onnx_format
+import onnxruntime
 import pytest
 from conftest import photo, write_photos
 from PIL import Image
 
 from index.manifest import ModelIdentity
-from retrieval.encoders import load_encoder, load_onnx_encoder
+from index.vectors import normalised
+from retrieval.encoders import load_encoder, load_onnx_encoder, onnx_export
 from retrieval.encoders.onnx_cache import WEIGHTS_ALIGNMENT, export_folder
+from retrieval.encoders.onnx_encoder import up_to_last_end
 from retrieval.encoders.preprocess import resize_and_crop
+from retrieval.encoders.tokenizer import load_tokenizer
 from retrieval.indexer import index_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +42,49 @@ def test_fp32_towers_agree_with_pytorch(cache, encoder, tiny_model):
     assert np.all((onnx.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) >= 0.9999)
     meta = json.loads((onnx.folder / "meta.json").read_text())
     assert meta["checks"]["text_fp32.onnx"]["min_cosine_to_torch"] >= 0.9999
+
+
+def test_text_graph_takes_ids_cut_after_the_last_end_token(cache, encoder, tiny_model):
+    onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    assert json.loads((onnx.folder / "meta.json").read_text())["text_cut_after_end"] is True
+    assert onnx.cut_texts
+    texts = ["a dog", "a red car parked by the sea at night, its lights on", "", "word " * 90]
+    whole = load_tokenizer(onnx.context_length)(texts).astype(np.int64)
+    reference = encoder.encode_texts(texts)  # open_clip on the whole context
+    session = onnxruntime.InferenceSession(str(onnx.folder / "text_fp32.onnx"))
+    for i, row in enumerate(whole):
+        end = int(np.flatnonzero(row == row.max())[0])  # the end token: the largest id
+        for width in (end + 1, end + 4, len(row)):  # cut there, with padding left, whole
+            ids = row[None, : min(width, len(row))]
+            got = normalised(session.run(None, {"tokens": ids})[0])
+            assert float(got[0] @ reference[i]) >= 0.9999, (texts[i], width)
+    # Together and one by one, through the encoder, which cuts at the longest text's end.
+    together = onnx.encode_texts(texts)
+    assert np.all((together * reference).sum(1) >= 0.9999)
+    for i, text in enumerate(texts):
+        assert float(onnx.encode_texts([text])[0] @ reference[i]) >= 0.9999
+
+
+def test_up_to_last_end_drops_only_padding():
+    texts = ["a dog", "two people riding bicycles in the rain", "", "x " * 200]
+    whole = load_tokenizer(77)(texts)
+    cut = up_to_last_end(whole)
+    ends = [max(i for i, token in enumerate(row) if token != 0) for row in whole.tolist()]
+    assert cut.shape == (len(texts), 77)  # the over-long text fills the context
+    assert np.array_equal(up_to_last_end(whole[:3]), whole[:3, : max(ends[:3]) + 1])
+    assert np.array_equal(up_to_last_end(whole[:1]), whole[:1, : ends[0] + 1])
+    assert up_to_last_end(whole[:0]).shape == (0, 77)
+
+
+def test_a_text_tower_that_cannot_be_cut_is_exported_whole(cache, encoder, tiny_model, monkeypatch):
+    monkeypatch.setattr(onnx_export, "_plain_self_attentions", lambda transformer: None)
+    onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    assert json.loads((onnx.folder / "meta.json").read_text())["text_cut_after_end"] is False
+    assert not onnx.cut_texts
+    texts = ["a dog on a beach", "", "two cats"]
+    assert np.all((onnx.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) >= 0.9999)
+    session = onnxruntime.InferenceSession(str(onnx.folder / "text_fp32.onnx"))
+    assert session.get_inputs()[0].shape[1] == onnx.context_length
 
 
 def test_int8_records_its_measured_cosine(cache, encoder, tiny_model):

@@ -23,7 +23,7 @@ from .identity import HF_HUB, LOCAL_DIR
 from .onnx_encoder import OnnxEncoder
 from .preprocess import PreprocessCfg
 
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 """Part of the cache key: change it when the exported graphs change."""
 PRECISIONS = ("fp32", "int8")
 TOWERS = ("image", "text")
@@ -122,6 +122,7 @@ def onnx_encoder(
         precision=precision,
         folder=folder,
         weights_hash=weights_hash,
+        cut_texts=bool(meta.get("text_cut_after_end", False)),
     )
 
 

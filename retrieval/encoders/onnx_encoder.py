@@ -42,6 +42,7 @@ class OnnxEncoder(PreprocessedInput):
     device: str = "cpu"
     backend: str = "onnx"
     threads: int = 0  # intra-op threads of the sessions; 0: ONNX Runtime's own choice (one a core)
+    cut_texts: bool = False  # the text graph takes token ids cut after the longest text's end
     _sessions: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
     _prepacked: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
     _used: set[str] = field(default_factory=set, repr=False)
@@ -63,6 +64,8 @@ class OnnxEncoder(PreprocessedInput):
 
         self.start("text")  # the session loads in a thread while the tokenizer loads here
         tokens = load_tokenizer(self.context_length)(list(texts)).astype(np.int64)
+        if self.cut_texts:
+            tokens = up_to_last_end(tokens)
         return normalised(self._session("text").run(None, {"tokens": tokens})[0])
 
     def start(self, tower: str) -> None:
@@ -141,6 +144,18 @@ def model_input(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float])
     batch *= scale.reshape(1, -1, 1, 1)
     batch += shift.reshape(1, -1, 1, 1)
     return batch
+
+
+def up_to_last_end(tokens: np.ndarray) -> np.ndarray:
+    """Token ids (n, context) without the columns after the last end-of-text token of any row.
+
+    The end token has the highest id of CLIP's vocabulary and only padding follows it, so it is
+    each row's largest value. A causal text tower pooled at that token gives the same embedding
+    for the cut ids, at a fraction of the work: a query of a few words is a tenth of the context.
+    """
+    if tokens.shape[0] == 0:
+        return tokens
+    return tokens[:, : int(tokens.argmax(axis=1).max()) + 1]
 
 
 def _in_background(function: Callable[..., Any], *args: Any) -> Future[Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from .onnx_cache import (
     weights_file,
     write_meta,
 )
-from .onnx_encoder import quiet_options
+from .onnx_encoder import quiet_options, up_to_last_end
 from .torch_encoder import create_model, import_torch, split_preprocess
 
 FP32_MIN_COSINE = 0.9999
@@ -75,10 +77,13 @@ def export(identity: ModelIdentity, folder: Path, precision: str) -> dict[str, A
             "image": normalised(model.encode_image(probe).float().numpy()),
             "text": normalised(model.encode_text(tokens).float().numpy()),
         }
+    cut = _text_up_to_end(model, tokens, reference["text"])
     for tower in TOWERS:
         sample = probe if tower == "image" else tokens
         name = graph_file(tower, precision)
-        cosine = _export_tower(model, tower, sample, folder / name, precision, reference[tower])
+        cosine = _export_tower(
+            model, tower, sample, folder / name, precision, reference[tower], cut=cut
+        )
         if precision == "fp32" and cosine < FP32_MIN_COSINE:
             (folder / name).unlink(missing_ok=True)
             (folder / weights_file(name)).unlink(missing_ok=True)
@@ -93,17 +98,27 @@ def export(identity: ModelIdentity, folder: Path, precision: str) -> dict[str, A
         model=identity.name, pretrained=identity.pretrained, dim=reference["image"].shape[1],
         image_size=list(size), mean=list(mean), std=list(std),
         resize_mode=config.resize_mode, context_length=context_length,
-        preprocess_cfg=config.as_dict(),
+        preprocess_cfg=config.as_dict(), text_cut_after_end=cut is not None,
     )  # fmt: skip
     write_meta(folder, meta)
     return meta
 
 
 def _export_tower(
-    model: Any, tower: str, sample: Any, path: Path, precision: str, reference: np.ndarray
+    model: Any,
+    tower: str,
+    sample: Any,
+    path: Path,
+    precision: str,
+    reference: np.ndarray,
+    *,
+    cut: Callable[[Any], Any] | None = None,
 ) -> float:
     """Export one tower to path and its weights file beside it, quantised for int8, and return
     the smallest cosine between its embeddings and PyTorch's on the probe inputs.
+
+    cut: the text tower as `_text_up_to_end` gives it, exported with the token axis free; it is
+    checked on the probe tokens both whole and cut, against open_clip on the whole ones.
 
     Everything is built in a scratch folder beside path, checked there, and moved into place
     with os.replace; meta.json, written after, vouches for the pair."""
@@ -120,9 +135,16 @@ def _export_tower(
         def forward(self, x: Any) -> Any:
             if tower == "image":
                 return self.model.encode_image(x)
-            return self.model.encode_text(x)
+            return self.model.encode_text(x) if cut is None else cut(x)
 
     input_name = "pixels" if tower == "image" else "tokens"
+    free_length = tower == "text" and cut is not None
+    axes = {0: "batch", 1: "tokens"} if free_length else {0: "batch"}
+    whole = sample.numpy()
+    checks = [(whole, reference)]  # inputs, and PyTorch's embeddings of them
+    if free_length:  # cut, and cut for one text: other lengths and batch sizes than traced
+        checks += [(up_to_last_end(whole), reference), (up_to_last_end(whole[:1]), reference[:1])]
+        sample = torch.from_numpy(checks[1][0])
     with (
         tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch,
         warnings.catch_warnings(),
@@ -132,7 +154,7 @@ def _export_tower(
         torch.onnx.export(
             Tower(), (sample,), str(plain), input_names=[input_name],
             output_names=["embeddings"], opset_version=17, dynamo=False,
-            dynamic_axes={input_name: {0: "batch"}, "embeddings": {0: "batch"}},
+            dynamic_axes={input_name: axes, "embeddings": {0: "batch"}},
         )  # fmt: skip
         if precision == "int8":
             plain = _quantised(plain, Path(scratch) / "int8.onnx")
@@ -143,11 +165,114 @@ def _export_tower(
         session = onnxruntime.InferenceSession(
             str(staged), quiet_options(), providers=["CPUExecutionProvider"]
         )
-        got = normalised(session.run(None, {input_name: sample.numpy()})[0])
+        cosines = [
+            float((normalised(session.run(None, {input_name: inputs})[0]) * expected).sum(1).min())
+            for inputs, expected in checks
+        ]
         del session
         move_into_place(staged.with_name(weights_file(staged.name)), path.parent)
         move_into_place(staged, path.parent)
-    return float((got * reference).sum(axis=1).min())
+    return min(cosines)
+
+
+def _text_up_to_end(model: Any, tokens: Any, reference: np.ndarray) -> Callable[[Any], Any] | None:
+    """open_clip's text tower on token ids of any length up to the context, for ids cut after
+    the last end token (onnx_encoder.up_to_last_end); None where that would change the result.
+
+    In a causal tower pooled at the end token no position sees a later one, so the padding after
+    the end changes nothing, and the positions and mask are those of the first columns. This
+    holds for CLIP's own text tower and open_clip's TextTransformer without a class token, with
+    plain self-attention layers; it is checked in PyTorch on the probe texts, whole and cut,
+    before it is exported.
+    """
+    import torch
+
+    text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
+    pool = getattr(text, "pool_type", getattr(text, "text_pool_type", None))
+    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if (
+        pool != "argmax"
+        or getattr(text, "attn_mask", None) is None
+        or getattr(text, "cls_emb", None) is not None
+        or not all(hasattr(text, part) for part in (*parts, "text_projection"))
+    ):
+        return None
+    attentions = _plain_self_attentions(text.transformer)
+    if attentions is None:
+        return None
+
+    def encode(ids: Any) -> Any:
+        length = ids.shape[1]
+        dtype = text.transformer.get_cast_dtype()
+        x = text.token_embedding(ids).to(dtype) + text.positional_embedding[:length].to(dtype)
+        with _token_axis_free(attentions):
+            x = text.transformer(x, attn_mask=text.attn_mask[:length, :length])
+        x = text.ln_final(x)[torch.arange(x.shape[0]), ids.argmax(dim=-1)]
+        projection = text.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+    whole = tokens.numpy()
+    with torch.no_grad():
+        for ids in (whole, up_to_last_end(whole)):
+            got = normalised(encode(torch.from_numpy(ids)).float().numpy())
+            if float((got * reference).sum(axis=1).min()) < FP32_MIN_COSINE:
+                return None
+    return encode
+
+
+def _plain_self_attentions(transformer: Any) -> list[Any] | None:
+    """The attention layers of a text transformer if each block has one, a batch-first
+    nn.MultiheadAttention with one input projection and nothing added to keys or values."""
+    import torch
+
+    blocks = list(getattr(transformer, "resblocks", []))
+    layers = [m for m in transformer.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    plain = all(
+        layer.batch_first
+        and layer.in_proj_weight is not None
+        and layer.bias_k is None
+        and not layer.add_zero_attn
+        for layer in layers
+    )
+    return layers if plain and blocks and len(layers) == len(blocks) else None
+
+
+@contextmanager
+def _token_axis_free(attentions: list[Any]) -> Iterator[None]:
+    """Run these attention layers, for the duration, as the same self-attention written with
+    reshapes that leave the token axis free: traced for ONNX, nn.MultiheadAttention fixes the
+    sequence length at the traced one (the batch stays free)."""
+    for layer in attentions:
+        layer.forward = _self_attention(layer)
+    try:
+        yield
+    finally:
+        for layer in attentions:
+            del layer.forward  # back to the class's own
+
+
+def _self_attention(layer: Any) -> Callable[..., tuple[Any, None]]:
+    import torch.nn.functional as F
+
+    heads = layer.num_heads
+
+    def forward(
+        query: Any, key: Any, value: Any, need_weights: bool = False, attn_mask: Any = None
+    ) -> tuple[Any, None]:
+        if key is not query or value is not query or need_weights:
+            raise ValueError("only self-attention without weights runs with the token axis free")
+        batch, _, width = query.shape
+        projected = F.linear(query, layer.in_proj_weight, layer.in_proj_bias)
+        q, k, v = (
+            part.reshape(batch, -1, heads, width // heads).transpose(1, 2)
+            for part in projected.chunk(3, dim=-1)
+        )
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return layer.out_proj(attended.transpose(1, 2).reshape(batch, -1, width)), None
+
+    return forward
 
 
 def _quantised(source: Path, target: Path) -> Path:
