@@ -16,7 +16,7 @@ from conftest import write_photos
 
 from retrieval.encoders import load_onnx_encoder, onnx_export
 from retrieval.encoders.identity import model_identity, weights_hash
-from retrieval.encoders.onnx_cache import EXPORT_VERSION, export_folder
+from retrieval.encoders.onnx_cache import export_folder
 from retrieval.encoders.weights_identity import file_sha256, known_weights_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,24 +93,6 @@ def test_a_copied_model_folder_finds_its_export_without_exporting_again(
     assert again.identity == moved
     texts = ["a red square", "two blue circles"]
     assert np.array_equal(again.encode_texts(texts), first.encode_texts(texts))
-
-
-def test_an_export_kept_under_the_earlier_key_with_the_models_path_is_found(
-    tiny_model, tmp_path, monkeypatch
-) -> None:
-    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
-    made = load_onnx_encoder(tiny_model, precision="fp32")
-    # Where versions that keyed exports by the model's name as well put this one.
-    key = json.dumps([tiny_model.name, tiny_model.pretrained, made.weights_hash, EXPORT_VERSION])
-    earlier = tmp_path / "cache" / "onnx" / hashlib.sha256(key.encode()).hexdigest()[:24]
-    assert earlier != made.folder
-    made.folder.rename(earlier)
-
-    def no_export(*args: object) -> None:
-        raise AssertionError("the export under the earlier key was not found")
-
-    monkeypatch.setattr(onnx_export, "export", no_export)
-    assert load_onnx_encoder(tiny_model, precision="fp32").folder == earlier
 
 
 def imported_modules(importtime_output: str) -> set[str]:

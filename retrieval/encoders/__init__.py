@@ -111,7 +111,8 @@ def load_onnx_encoder(
 
         weights_hash = model_weights_hash(identity)
         remember_weights_hash(identity, weights_hash)
-    folder, meta = onnx_cache.find_export(identity, weights_hash, precision, towers)
+    folder = onnx_cache.export_folder(identity, weights_hash)
+    meta = onnx_cache.cached_meta(folder, precision, towers)
     if meta is None:
         from . import onnx_export
 

@@ -43,31 +43,7 @@ def export_folder(identity: ModelIdentity, weights_hash: str) -> Path:
     """
     named = [] if identity.name.startswith((LOCAL_DIR, HF_HUB)) else [identity.name]
     key = json.dumps([*named, identity.pretrained, weights_hash, EXPORT_VERSION])
-    return _folder_for(key)
-
-
-def _folder_for(key: str) -> Path:
     return cache_dir() / "onnx" / hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-def find_export(
-    identity: ModelIdentity, weights_hash: str, precision: str, towers: Sequence[str]
-) -> tuple[Path, dict[str, Any] | None]:
-    """The folder of a usable export of these towers and its metadata, or the folder to export
-    into and None.
-
-    Exports made before file-based models were known by their hash alone sit under a key with
-    the model's name; they are found there, so a cache from then is not exported again.
-    """
-    folder = export_folder(identity, weights_hash)
-    earlier = _folder_for(
-        json.dumps([identity.name, identity.pretrained, weights_hash, EXPORT_VERSION])
-    )
-    for candidate in dict.fromkeys((folder, earlier)):
-        meta = cached_meta(candidate, precision, towers)
-        if meta is not None:
-            return candidate, meta
-    return folder, None
 
 
 def graph_file(tower: str, precision: str) -> str:
