@@ -76,8 +76,24 @@ def test_up_to_last_end_drops_only_padding():
     assert up_to_last_end(whole[:0]).shape == (0, 77)
 
 
-def test_a_text_tower_that_cannot_be_cut_is_exported_whole(cache, encoder, tiny_model, monkeypatch):
-    monkeypatch.setattr(onnx_export, "_plain_self_attentions", lambda transformer: None)
+def attention_called_otherwise(layer):
+    def forward(*args, **kwargs):
+        raise ValueError("only self-attention without weights runs with the token axis free")
+
+    return forward
+
+
+@pytest.mark.parametrize(
+    "name, replacement",
+    [
+        ("_plain_self_attentions", lambda transformer: None),  # another kind of attention
+        ("_self_attention", attention_called_otherwise),  # blocks that call it otherwise
+    ],
+)
+def test_a_text_tower_that_cannot_be_cut_is_exported_whole(
+    cache, encoder, tiny_model, monkeypatch, name, replacement
+):
+    monkeypatch.setattr(onnx_export, name, replacement)
     onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
     assert json.loads((onnx.folder / "meta.json").read_text())["text_cut_after_end"] is False
     assert not onnx.cut_texts
