@@ -309,13 +309,15 @@ def architecture(name: str) -> dict[str, Any]:
 
 
 def create_untrained(model_cfg: dict[str, Any], folder: Path, *, seed: int = 0) -> ModelIdentity:
-    """Save a randomly initialised CLIP of this architecture in local-dir format."""
+    """Save a randomly initialised CLIP of this architecture in local-dir format (open_clip's
+    CustomTextCLIP where the config says `custom_text`)."""
     import open_clip
     import torch
 
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**model_cfg)
-    return save_local_dir(model, model_cfg, folder)
+    settings = {key: value for key, value in model_cfg.items() if key != "custom_text"}
+    kind = open_clip.CustomTextCLIP if model_cfg.get("custom_text") else open_clip.CLIP
+    return save_local_dir(kind(**settings), model_cfg, folder)
 
 
 def model_config(identity: ModelIdentity) -> dict[str, Any]:
