@@ -33,6 +33,7 @@ from .onnx_cache import (
     write_meta,
 )
 from .onnx_encoder import quiet_options, up_to_last_end
+from .text_tower import causal_text_tower, cut_after_end, encode_up_to_end
 from .torch_encoder import create_model, import_torch, split_preprocess
 
 FP32_MIN_COSINE = 0.9999
@@ -176,48 +177,27 @@ def _export_tower(
 
 
 def _text_up_to_end(model: Any, tokens: Any, reference: np.ndarray) -> Callable[[Any], Any] | None:
-    """open_clip's text tower on token ids of any length up to the context, for ids cut after
-    the last end token (onnx_encoder.up_to_last_end); None where that would change the result.
-
-    In a causal tower pooled at the end token no position sees a later one, so the padding after
-    the end changes nothing, and the positions and mask are those of the first columns. This
-    holds for CLIP's own text tower and open_clip's TextTransformer without a class token, with
-    plain self-attention layers; it is checked in PyTorch on the probe texts, whole and cut,
-    before it is exported.
+    """The text tower on token ids of any length up to the context (text_tower), its attention
+    layers written so that a trace keeps the token axis free; None where the tower is not
+    causal and pooled at the end token, or its attention is not plain self-attention. It is
+    checked in PyTorch on the probe texts, whole and cut, before it is exported.
     """
     import torch
 
-    text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
-    pool = getattr(text, "pool_type", getattr(text, "text_pool_type", None))
-    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final")
-    if (
-        pool != "argmax"
-        or getattr(text, "attn_mask", None) is None
-        or getattr(text, "cls_emb", None) is not None
-        or not all(hasattr(text, part) for part in (*parts, "text_projection"))
-    ):
-        return None
-    attentions = _plain_self_attentions(text.transformer)
+    text = causal_text_tower(model)
+    attentions = None if text is None else _plain_self_attentions(text.transformer)
     if attentions is None:
         return None
 
     def encode(ids: Any) -> Any:
-        length = ids.shape[1]
-        dtype = text.transformer.get_cast_dtype()
-        x = text.token_embedding(ids).to(dtype) + text.positional_embedding[:length].to(dtype)
         with _token_axis_free(attentions):
-            x = text.transformer(x, attn_mask=text.attn_mask[:length, :length])
-        x = text.ln_final(x)[torch.arange(x.shape[0]), ids.argmax(dim=-1)]
-        projection = text.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+            return encode_up_to_end(text, ids)
 
-    whole = tokens.numpy()
+    whole = torch.from_numpy(tokens.numpy())
     with torch.no_grad():
-        for ids in (whole, up_to_last_end(whole)):
+        for ids in (whole, cut_after_end(whole)):
             try:
-                got = normalised(encode(torch.from_numpy(ids)).float().numpy())
+                got = normalised(encode(ids).float().numpy())
             except ValueError:  # the blocks call their attention otherwise than as itself
                 return None
             if float((got * reference).sum(axis=1).min()) < FP32_MIN_COSINE:

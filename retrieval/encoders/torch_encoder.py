@@ -25,6 +25,7 @@ from .errors import ModelLoadError
 from .identity import LOCAL_DIR, model_identity
 from .identity import weights_hash as model_weights_hash
 from .preprocess import PreprocessCfg, PreprocessedInput
+from .text_tower import causal_text_tower, cut_after_end, encode_up_to_end
 
 if TYPE_CHECKING:
     import torch
@@ -143,8 +144,12 @@ class TorchEncoder(PreprocessedInput):
         import torch
 
         tokens = self.tokenizer(list(texts)).to(self.device)
+        text = causal_text_tower(self.model)
         with torch.inference_mode(), self._autocast():
-            features = self.model.encode_text(tokens)
+            if text is None:
+                features = self.model.encode_text(tokens)
+            else:  # the same embeddings without the padding after the end token (text_tower)
+                features = encode_up_to_end(text, cut_after_end(tokens))
         return normalised(features.float().cpu().numpy())
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
