@@ -19,7 +19,7 @@ from PIL import Image
 from index.manifest import ModelIdentity
 from index.vectors import normalised
 from retrieval.encoders import load_encoder, load_onnx_encoder, onnx_export
-from retrieval.encoders.onnx_cache import WEIGHTS_ALIGNMENT, export_folder
+from retrieval.encoders.onnx_cache import EXPORT_VERSION, WEIGHTS_ALIGNMENT, export_folder
 from retrieval.encoders.onnx_encoder import up_to_last_end
 from retrieval.encoders.preprocess import resize_and_crop
 from retrieval.encoders.tokenizer import load_tokenizer
@@ -103,6 +103,27 @@ def test_a_text_tower_that_cannot_be_cut_is_exported_whole(
     assert np.all((onnx.encode_texts(texts) * encoder.encode_texts(texts)).sum(1) >= 0.9999)
     session = onnxruntime.InferenceSession(str(onnx.folder / "text_fp32.onnx"))
     assert session.get_inputs()[0].shape[1] == onnx.context_length
+
+
+def test_an_export_drops_the_same_models_exports_of_earlier_versions(cache, encoder, tiny_model):
+    def stored(name: str, meta: dict) -> Path:
+        folder = cache / "onnx" / name
+        folder.mkdir(parents=True)
+        (folder / "text_fp32.onnx.data").write_bytes(b"\0" * 4096)  # the weights, again
+        (folder / "meta.json").write_text(json.dumps(meta))
+        return folder
+
+    same = {"model": tiny_model.name, "pretrained": tiny_model.pretrained}
+    earlier = stored("earlier", same)  # before export versions were recorded: version 2
+    current = stored("current", {**same, "export_version": EXPORT_VERSION})  # this version
+    other = stored("other", {"model": "local-dir:/elsewhere", "pretrained": None})
+    notes = cache / "onnx" / "notes"
+    notes.mkdir()  # a folder without meta.json is nobody's export: left alone
+    onnx = load_onnx_encoder(tiny_model, precision="fp32", weights_hash=encoder.weights_hash)
+    assert json.loads((onnx.folder / "meta.json").read_text())["export_version"] == EXPORT_VERSION
+    assert not earlier.exists()
+    assert current.exists() and other.exists() and notes.exists()
+    assert onnx.folder.exists()
 
 
 def test_int8_records_its_measured_cosine(cache, encoder, tiny_model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,25 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     write_bytes_atomic(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def drop_superseded_exports(folder: Path, meta: dict[str, Any]) -> list[Path]:
+    """Remove the exports of the same model (name and pretrained tag) that earlier export
+    versions made beside folder: this version never reads them, and each holds the model's
+    weights again (hundreds of MB to GBs). Exports of the current version stay, whatever their
+    weights. Best effort: a folder that cannot be removed now (in use where files cannot be
+    deleted while open) stays, and goes at a later export. Returns the folders removed."""
+    removed = []
+    for other in sorted(folder.parent.iterdir()):
+        old = read_meta(other) if other != folder and other.is_dir() else None
+        if old is None or old.get("export_version", 2) >= EXPORT_VERSION:
+            continue
+        if (old.get("model"), old.get("pretrained")) != (meta["model"], meta["pretrained"]):
+            continue
+        shutil.rmtree(other, ignore_errors=True)
+        if not other.exists():
+            removed.append(other)
+    return removed
 
 
 def cached_meta(folder: Path, precision: str, towers: Sequence[str]) -> dict[str, Any] | None:

@@ -23,7 +23,9 @@ from index.vectors import normalised
 from .errors import ModelLoadError
 from .identity import weights_hash
 from .onnx_cache import (
+    EXPORT_VERSION,
     TOWERS,
+    drop_superseded_exports,
     file_record,
     graph_file,
     move_into_place,
@@ -100,8 +102,10 @@ def export(identity: ModelIdentity, folder: Path, precision: str) -> dict[str, A
         image_size=list(size), mean=list(mean), std=list(std),
         resize_mode=config.resize_mode, context_length=context_length,
         preprocess_cfg=config.as_dict(), text_cut_after_end=cut is not None,
+        export_version=EXPORT_VERSION,
     )  # fmt: skip
     write_meta(folder, meta)
+    drop_superseded_exports(folder, meta)
     return meta
 
 
