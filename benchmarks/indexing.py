@@ -142,10 +142,6 @@ def bench_reindex(folder: Path, files: int) -> dict[str, float]:
     return {"files": files, "in_process_s": in_process, "command_s": shell}
 
 
-def rate_of(rate: Rate) -> float:
-    return rate.images_per_s
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["4000x3000", "1152x864"])
@@ -173,7 +169,11 @@ def main() -> None:
             # The bound is measured before and after the pipeline; the better figure counts.
             model = bench_model(encoder, args.batch_size, batches)
             pipeline = bench_pipeline(encoder, folder, args.batch_size, args.workers)
-            model = max(model, bench_model(encoder, args.batch_size, batches), key=rate_of)
+            model = max(
+                model,
+                bench_model(encoder, args.batch_size, batches),
+                key=lambda rate: rate.images_per_s,
+            )
             naive_ips = bench_naive(encoder, folder, args.batch_size)
             rows.append(
                 {

@@ -55,8 +55,7 @@ def check(name: str, folder: Path, repeats: int) -> dict[str, object]:
     import open_clip
 
     from retrieval.encoders import load_encoder
-    from retrieval.encoders.onnx_encoder import up_to_last_end
-    from retrieval.encoders.tokenizer import load_tokenizer
+    from retrieval.encoders.tokenizer import load_tokenizer, up_to_last_end
     from retrieval.encoders.torch_encoder import create_untrained
 
     identity = create_untrained(open_clip.get_model_config(name), folder / name)

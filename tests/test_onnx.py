@@ -20,9 +20,8 @@ from index.manifest import ModelIdentity
 from index.vectors import normalised
 from retrieval.encoders import load_encoder, load_onnx_encoder, onnx_export
 from retrieval.encoders.onnx_cache import EXPORT_VERSION, WEIGHTS_ALIGNMENT, export_folder
-from retrieval.encoders.onnx_encoder import up_to_last_end
 from retrieval.encoders.preprocess import resize_and_crop
-from retrieval.encoders.tokenizer import load_tokenizer
+from retrieval.encoders.tokenizer import load_tokenizer, up_to_last_end
 from retrieval.indexer import index_folder
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from retrieval.encoders import load_encoder
-from retrieval.encoders.text_tower import causal_text_tower, cut_after_end, encode_up_to_end
-from retrieval.encoders.tokenizer import load_tokenizer
+from retrieval.encoders.text_tower import causal_text_tower, encode_up_to_end
+from retrieval.encoders.tokenizer import load_tokenizer, up_to_last_end
 from retrieval.encoders.torch_encoder import architecture, create_untrained
 
 TEXTS = ["a dog", "a red car parked by the sea at night, its lights on", "", "word " * 90, "🐈 ü"]
@@ -35,18 +35,18 @@ def test_cut_ids_give_open_clips_embeddings_of_the_whole_context(tmp_path, custo
             for width in (end + 1, end + 3, 77):
                 got = encode_up_to_end(text, row[None, : min(width, 77)])
                 assert torch.allclose(got[0], reference[i], atol=1e-5), (TEXTS[i], width)
-        together = encode_up_to_end(text, cut_after_end(whole))
+        together = encode_up_to_end(text, up_to_last_end(whole))
     assert torch.allclose(together, reference, atol=1e-5)
     ours = encoder.encode_texts(TEXTS)
     expected = reference / reference.norm(dim=1, keepdim=True)
     assert np.allclose(ours, expected.numpy(), atol=1e-5)
 
 
-def test_cut_after_end_drops_only_the_columns_after_the_last_end_token():
+def test_up_to_last_end_cuts_tensors_as_it_cuts_arrays():
     whole = torch.from_numpy(load_tokenizer(77)(TEXTS[:3]).astype(np.int64))
     last = max(int(torch.nonzero(row).max()) for row in whole)
-    assert torch.equal(cut_after_end(whole), whole[:, : last + 1])
-    assert cut_after_end(whole[:0]).shape == (0, 77)
+    assert torch.equal(up_to_last_end(whole), whole[:, : last + 1])
+    assert up_to_last_end(whole[:0]).shape == (0, 77)
 
 
 def test_a_tower_that_attends_both_ways_encodes_the_whole_context(tmp_path):

@@ -34,8 +34,9 @@ from .onnx_cache import (
     weights_file,
     write_meta,
 )
-from .onnx_encoder import quiet_options, up_to_last_end
-from .text_tower import causal_text_tower, cut_after_end, encode_up_to_end
+from .onnx_encoder import quiet_options
+from .text_tower import causal_text_tower, encode_up_to_end
+from .tokenizer import up_to_last_end
 from .torch_encoder import create_model, import_torch, split_preprocess
 
 FP32_MIN_COSINE = 0.9999
@@ -197,9 +198,8 @@ def _text_up_to_end(model: Any, tokens: Any, reference: np.ndarray) -> Callable[
         with _token_axis_free(attentions):
             return encode_up_to_end(text, ids)
 
-    whole = torch.from_numpy(tokens.numpy())
     with torch.no_grad():
-        for ids in (whole, cut_after_end(whole)):
+        for ids in (tokens, up_to_last_end(tokens)):
             try:
                 got = normalised(encode(ids).float().numpy())
             except ValueError:  # the blocks call their attention otherwise than as itself

@@ -5,7 +5,8 @@ attends to a later one) and pooled at the end token, which has the highest id. T
 the last end token of a batch are then padding that no pooled position sees: a tower run on the
 ids cut there, with the first positions' embeddings and the first rows and columns of its mask,
 gives the same embeddings for a fraction of the work (a query of a few words is about a tenth of
-CLIP's 77-token context). torch is imported by the callers, which hold a model.
+CLIP's 77-token context). Its callers hold a torch model; the cut itself is
+tokenizer.up_to_last_end.
 """
 
 from __future__ import annotations
@@ -29,13 +30,6 @@ def causal_text_tower(model: Any) -> Any | None:
     ):
         return None
     return text
-
-
-def cut_after_end(ids: Any) -> Any:
-    """Token ids (n, context), a tensor, without the columns after the last end token of any row."""
-    if ids.shape[0] == 0:
-        return ids
-    return ids[:, : int(ids.argmax(dim=1).max()) + 1]
 
 
 def encode_up_to_end(text: Any, ids: Any) -> Any:

@@ -360,6 +360,20 @@ class ClipTokenizer:
         return tuple(self._ids[token] for token in _merge(symbols, self._ranks))
 
 
+def up_to_last_end(tokens: Any) -> Any:
+    """Token ids (n, context), a numpy array or a torch tensor, without the columns after the
+    last end-of-text token of any row.
+
+    The end token has the highest id of CLIP's vocabulary and only padding follows it, so it is
+    each row's largest value. A causal text tower pooled at that token gives the same embedding
+    for the cut ids at a fraction of the work (encoders.text_tower): a query of a few words is
+    about a tenth of the context.
+    """
+    if tokens.shape[0] == 0:
+        return tokens
+    return tokens[:, : int(tokens.argmax(axis=1).max()) + 1]
+
+
 def load_tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH) -> ClipTokenizer:
     """The shared tokenizer for `context_length`; the vocabulary is read once for all of them."""
     # The cache is keyed by the value alone: lru_cache would hold load_tokenizer() and

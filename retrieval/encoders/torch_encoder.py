@@ -25,7 +25,8 @@ from .errors import ModelLoadError
 from .identity import LOCAL_DIR, model_identity
 from .identity import weights_hash as model_weights_hash
 from .preprocess import PreprocessCfg, PreprocessedInput
-from .text_tower import causal_text_tower, cut_after_end, encode_up_to_end
+from .text_tower import causal_text_tower, encode_up_to_end
+from .tokenizer import up_to_last_end
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +150,7 @@ class TorchEncoder(PreprocessedInput):
             if text is None:
                 features = self.model.encode_text(tokens)
             else:  # the same embeddings without the padding after the end token (text_tower)
-                features = encode_up_to_end(text, cut_after_end(tokens))
+                features = encode_up_to_end(text, up_to_last_end(tokens))
         return normalised(features.float().cpu().numpy())
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
